@@ -1,0 +1,160 @@
+"""Struct-of-arrays ring storage and the input checks every public call uses.
+
+Every check reads tensor metadata only (shape, dtype, device): free, no host sync. A check
+runs before anything is written, so a rejected call leaves the buffer as it was.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+import torch
+
+
+def as_device(device) -> torch.device:
+    device = torch.device(device if device is not None else "cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def to_torch_dtype(dtype, what: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return torch.from_numpy(np.empty(0, dtype=np.dtype(dtype))).dtype
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{what}: expected a torch or numpy dtype, got {dtype!r}") from e
+
+
+def normalize_spec(spec) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """{name: (shape, dtype)} with shapes as int tuples and torch dtypes."""
+    if not isinstance(spec, Mapping) or not spec:
+        raise TypeError(f"spec: expected a non-empty mapping name -> (shape, dtype), got {spec!r}")
+    out = {}
+    for name, entry in spec.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"spec: field names must be non-empty strings, got {name!r}")
+        if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+            raise TypeError(f"spec[{name!r}]: expected (shape, dtype), got {entry!r}")
+        shape, dtype = entry
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if not all(isinstance(s, int) and s >= 0 for s in shape):
+            raise ValueError(f"spec[{name!r}]: shape must be non-negative ints, got {shape!r}")
+        out[name] = (shape, to_torch_dtype(dtype, f"spec[{name!r}]"))
+    return out
+
+
+def check_int(value, name: str, lo: int = 1, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name}: expected an int {rng}, got {value}")
+    return value
+
+
+def check_float(value, name: str, lo: float, hi: float = math.inf, lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name}: expected a float, got {type(value).__name__} {value!r}")
+    value = float(value)
+    bad = not math.isfinite(value) or value > hi or (value <= lo if lo_open else value < lo)
+    if bad:
+        left = "(" if lo_open else "["
+        right = "]" if math.isfinite(hi) else ")"
+        raise ValueError(f"{name}: expected a finite float in {left}{lo}, {hi}{right}, got {value}")
+    return value
+
+
+def as_tensor(value, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value)) if value.dtype != object else _bad(value, name)
+    return _bad(value, name)
+
+
+def _bad(value, name):
+    raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
+
+
+def check_keys(keys, td, device: torch.device, name_td: str = "td_errors") -> tuple[torch.Tensor, torch.Tensor]:
+    """keys: int64 [B]; td: floating [B] (or [B, 1]); returned on ``device``, contiguous."""
+    keys = as_tensor(keys, "keys")
+    td = as_tensor(td, name_td)
+    if keys.dtype != torch.int64:
+        raise TypeError(f"keys: expected dtype torch.int64 (the keys sample() returned), got {keys.dtype}")
+    if keys.dim() != 1 or keys.shape[0] < 1:
+        raise ValueError(f"keys: expected shape [B] with B >= 1, got {tuple(keys.shape)}")
+    if not td.is_floating_point():
+        raise TypeError(f"{name_td}: expected a floating dtype, got {td.dtype}")
+    B = keys.shape[0]
+    if tuple(td.shape) not in ((B,), (B, 1)):
+        raise ValueError(f"{name_td}: expected shape [{B}] (one per key), got {tuple(td.shape)}")
+    return keys.to(device).contiguous(), td.reshape(B).to(device).contiguous()
+
+
+def check_mask(valid, n: int, device: torch.device, name: str = "valid") -> torch.Tensor | None:
+    if valid is None:
+        return None
+    valid = as_tensor(valid, name)
+    if valid.dtype != torch.bool:
+        raise TypeError(f"{name}: expected dtype torch.bool, got {valid.dtype}")
+    if tuple(valid.shape) != (n,):
+        raise ValueError(f"{name}: expected shape [{n}] (one per row), got {tuple(valid.shape)}")
+    return valid.to(device).contiguous()
+
+
+class Storage:
+    """One preallocated tensor [capacity, *shape] per field, written at slot = key % capacity."""
+
+    def __init__(self, capacity: int, spec, device: torch.device):
+        self.capacity = capacity
+        self.spec = normalize_spec(spec)
+        self.device = device
+        self.data = {name: torch.zeros((capacity, *shape), dtype=dt, device=device)
+                     for name, (shape, dt) in self.spec.items()}
+
+    def check_batch(self, batch) -> tuple[int, dict[str, torch.Tensor]]:
+        """Validate a batch of rows; return (n, tensors on the buffer's device, in spec dtypes)."""
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"batch: expected a mapping field name -> tensor, got {type(batch).__name__}")
+        missing = [k for k in self.spec if k not in batch]
+        unknown = [k for k in batch if k not in self.spec]
+        if missing or unknown:
+            parts = ([f"missing field(s) {missing}"] if missing else []) + \
+                    ([f"unknown field(s) {unknown}"] if unknown else [])
+            raise ValueError(f"batch: {'; '.join(parts)}; expected exactly {list(self.spec)}")
+        n = None
+        out = {}
+        for name, (shape, dt) in self.spec.items():
+            t = as_tensor(batch[name], f"batch[{name!r}]")
+            if t.dim() != len(shape) + 1 or tuple(t.shape[1:]) != shape:
+                raise ValueError(f"batch[{name!r}]: expected shape [B, {', '.join(map(str, shape))}]"
+                                 .replace(", ]", "]") + f", got {tuple(t.shape)}")
+            if not torch.can_cast(t.dtype, dt):
+                raise TypeError(f"batch[{name!r}]: expected dtype {dt} (or one that casts to it "
+                                f"safely), got {t.dtype}")
+            if n is None:
+                n = t.shape[0]
+            elif t.shape[0] != n:
+                raise ValueError(f"batch[{name!r}]: batch size {t.shape[0]} differs from the other "
+                                 f"fields' {n}")
+            out[name] = t
+        if n < 1:
+            raise ValueError(f"batch: expected at least one row, got batch size {n}")
+        return n, out
+
+    def write(self, keys: torch.Tensor, tensors: dict[str, torch.Tensor]) -> None:
+        n = keys.shape[0]
+        if n > self.capacity:  # only the last C rows survive
+            keys = keys[n - self.capacity:]
+            tensors = {k: v[n - self.capacity:] for k, v in tensors.items()}
+        slots = torch.remainder(keys, self.capacity)
+        for name, buf in self.data.items():
+            buf.index_copy_(0, slots, tensors[name].to(device=self.device, dtype=buf.dtype))
+
+    def gather(self, slots: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: buf.index_select(0, slots) for name, buf in self.data.items()}

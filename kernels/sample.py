@@ -1,0 +1,122 @@
+"""Stratified batched sampling: one descent of the K-ary sum tree for the whole batch.
+
+For query i of B, with r_i ~ U[0, 1) from the caller's generator and T the root sum:
+
+    u_i = (i + r_i) * T / B                     (stratum i of B)
+
+At each level the K children c_0..c_{K-1} of the current node are prefix-summed left to
+right, S_j = c_0 + ... + c_j, and the query steps into child k = #{j : S_j <= u}, then
+subtracts S_{k-1}. If rounding pushes u to or past the node's total (k would fall past the
+last child with positive mass), k is clamped to that last positive child: a leaf whose
+priority is zero (unfilled, invalid, padding) is never returned, however u rounds.
+
+Outputs per query: the slot, its key (the newest key written to that slot), its leaf
+priority p, and, with ``norm_global``, the IS weight w = (p / p_min) ** -beta, which is
+(N P(i))**-beta / max_j (N P(j))**-beta with the N and the total cancelled.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._math import launch_config, math_constants, pow_pos, pow_pos_torch, seq_cumsum, triton, tl
+
+
+def _keys_from_slots(slots: torch.Tensor, added: torch.Tensor, capacity: int) -> torch.Tensor:
+    """The newest key k < added with k % capacity == slot (-1 for a slot never written)."""
+    a1 = added - 1
+    return torch.where(slots <= a1, a1 - torch.remainder(a1 - slots, capacity), -1)
+
+
+def sample_torch(tree, r: torch.Tensor, added: torch.Tensor, beta: torch.Tensor, norm_global: bool = True):
+    """Torch twin of ``sample_triton``: returns (slots, keys, priorities, weights or None)."""
+    B = r.shape[0]
+    K = tree.fanout
+    total = tree.sums[0]
+    u = (torch.arange(B, device=r.device, dtype=torch.float64) + r) * total / B
+    node = torch.zeros(B, dtype=torch.int64, device=r.device)
+    cols = torch.arange(K, device=r.device)
+    for level in range(tree.depth):
+        children = tree.level_rows(level + 1).index_select(0, node)  # [B, K]
+        csum = seq_cumsum(children)
+        cnt = (csum <= u.unsqueeze(1)).sum(1)
+        last = torch.where(children > 0, cols, -1).amax(1)
+        excl = torch.nn.functional.pad(csum, (1, 0))  # excl[:, k] = S_{k-1}
+        k = torch.where(cnt > last, last, cnt).clamp_min(0)
+        u = u - excl.gather(1, k.unsqueeze(1)).squeeze(1)
+        node = node * K + k
+    slots = node.clamp_max(tree.capacity - 1)
+    prio = tree.leaves.index_select(0, slots)
+    keys = _keys_from_slots(slots, added, tree.capacity)
+    weights = None
+    if norm_global:
+        pos = prio > 0
+        ratio = torch.where(pos, prio / tree.mins[0], 1.0)
+        w = pow_pos_torch(ratio, -beta, math_constants(r.device))
+        weights = torch.where(pos, w, 0.0).to(torch.float32)
+    return slots, keys, prio, weights
+
+
+if triton is not None:
+
+    @triton.jit
+    def _sample_kernel(sums_ptr, mins_ptr, offs_ptr, r_ptr, added_ptr, beta_ptr, cst_ptr,
+                       slot_out, key_out, prio_out, w_out, B, C,
+                       K: tl.constexpr, DEPTH: tl.constexpr, NORM_GLOBAL: tl.constexpr,
+                       BLOCK: tl.constexpr):
+        pid = tl.program_id(0).to(tl.int64)
+        i = pid * BLOCK + tl.arange(0, BLOCK)
+        mask = i < B
+        r = tl.load(r_ptr + i, mask=mask, other=0.0)
+        total = tl.load(sums_ptr)
+        u = (i.to(tl.float64) + r) * total / B
+        node = tl.zeros([BLOCK], dtype=tl.int64)
+        for level in tl.static_range(DEPTH):
+            base = tl.load(offs_ptr + level + 1) + node * K
+            acc = tl.zeros([BLOCK], dtype=tl.float64)
+            skip = tl.zeros([BLOCK], dtype=tl.float64)
+            last_excl = tl.zeros([BLOCK], dtype=tl.float64)
+            cnt = tl.zeros([BLOCK], dtype=tl.int64)
+            last = tl.full([BLOCK], -1, dtype=tl.int64)
+            for j in tl.static_range(K):
+                c = tl.load(sums_ptr + base + j, mask=mask, other=0.0)
+                new = acc + c
+                le = new <= u
+                cnt += le.to(tl.int64)
+                skip = tl.where(le, new, skip)
+                pos = c > 0
+                last = tl.where(pos, j, last)
+                last_excl = tl.where(pos, acc, last_excl)
+                acc = new
+            over = cnt > last
+            k = tl.maximum(tl.where(over, last, cnt), 0)
+            u = u - tl.where(over, last_excl, skip)
+            node = node * K + k
+        slot = tl.minimum(node, C - 1)
+        leaf_off = tl.load(offs_ptr + DEPTH)
+        prio = tl.load(sums_ptr + leaf_off + slot, mask=mask, other=0.0)
+        a1 = tl.load(added_ptr) - 1
+        key = tl.where(slot <= a1, a1 - (a1 - slot) % C, -1)
+        tl.store(slot_out + i, slot, mask=mask)
+        tl.store(key_out + i, key, mask=mask)
+        tl.store(prio_out + i, prio, mask=mask)
+        if NORM_GLOBAL:
+            pos = prio > 0
+            ratio = tl.where(pos, prio / tl.load(mins_ptr), 1.0)
+            w = pow_pos(ratio, -tl.load(beta_ptr), cst_ptr)
+            tl.store(w_out + i, tl.where(pos, w, 0.0).to(tl.float32), mask=mask)
+
+
+def sample_triton(tree, r: torch.Tensor, added: torch.Tensor, beta: torch.Tensor, norm_global: bool = True):
+    """One launch: stratified descent for the whole batch. Same contract as ``sample_torch``."""
+    B = r.shape[0]
+    dev = r.device
+    slots = torch.empty(B, dtype=torch.int64, device=dev)
+    keys = torch.empty(B, dtype=torch.int64, device=dev)
+    prio = torch.empty(B, dtype=torch.float64, device=dev)
+    weights = torch.empty(B, dtype=torch.float32, device=dev) if norm_global else prio
+    block, warps, grid = launch_config(B, 256)
+    _sample_kernel[grid](tree.sums, tree.mins, tree.offsets_t, r, added, beta, math_constants(dev),
+                         slots, keys, prio, weights, B, tree.capacity,
+                         K=tree.fanout, DEPTH=tree.depth, NORM_GLOBAL=norm_global, BLOCK=block,
+                         num_warps=warps, enable_fp_fusion=False)
+    return slots, keys, prio, (weights if norm_global else None)
