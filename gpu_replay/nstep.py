@@ -265,8 +265,10 @@ class NStep:
     def _move(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         # CPU -> CUDA without a host sync (the source is staged before cudaMemcpyAsync returns);
         # anything else (same device, CUDA -> CPU) as an ordinary blocking copy.
+        # detach: an input that requires grad (e.g. a policy's continuous action) must not drag
+        # its autograd graph into the windows.
         nb = t.device.type == "cpu" and self.device.type == "cuda"
-        return t.to(device=self.device, dtype=dtype, non_blocking=nb)
+        return t.detach().to(device=self.device, dtype=dtype, non_blocking=nb)
 
     def _final_obs(self, terminated, truncated, info, final_obs, final_obs_mask, shape, dtype):
         """(dense final obs [E, *shape] on device, mask [E] on device) or None."""
@@ -424,7 +426,7 @@ class NStep:
         k = alive.sum(1)                                              # [E] in 1..L
         r = self._reward.index_select(1, order)
         ret = (torch.where(alive, r, 0.0) * self._gpow[:L]).sum(1)
-        last = order.index_select(0, torch.clamp(k, max=L - 1))                           # slot of step t+k-1
+        last = order.index_select(0, k - 1)                           # slot of step t+k-1
         rows = {name: win.index_select(1, start).squeeze(1) for name, win in self._win.items()}
         rows["reward"] = ret.to(torch.float32)
         rows["next_obs"] = self._next_obs[self._ar, last]

@@ -371,6 +371,13 @@ def test_extra_fields_ride_along_and_feed_a_buffer():
             outs.append(out)
             assert torch.equal(out[0]["aux_action"], aux_in[t - (n - 1)])
             assert out[0]["aux_action"].dtype == torch.float32 and out[0]["aux_action"].shape == (E, 2)
+    # an extra that requires grad (a policy's continuous action) is detached, not tracked
+    aux = torch.zeros(E, 2, requires_grad=True)
+    out = ns.step(torch.randn(E, 8), torch.randint(0, 5, (E,)), torch.randn(E), torch.randn(E, 8),
+                  torch.zeros(E, dtype=torch.bool), torch.zeros(E, dtype=torch.bool), aux_action=aux * 2)
+    outs.append(out)
+    assert not any(v.requires_grad for v in out[0].values())
+    assert not ns.state_dict()["field.aux_action"].requires_grad
     spec = ns.buffer_spec()
     assert spec["aux_action"] == ((2,), torch.float32) and spec["discount"] == ((), torch.float32)
     rb = PrioritizedReplayBuffer(64, spec, backend="torch")
@@ -378,7 +385,7 @@ def test_extra_fields_ride_along_and_feed_a_buffer():
         rb.add(rows, valid)
     rows, valid = ns.flush()
     rb.add(rows, valid)
-    assert len(rb) == 6 * E
+    assert len(rb) == 7 * E
     # a buffer spec given up front is accepted (and checked) as NStep's spec
     ns2 = NStep(E, n, 0.99, spec=spec)
     assert ns2.spec == {k: spec[k] for k in ("obs", "action", "aux_action")}
