@@ -62,35 +62,40 @@ class TreeState:
         self.offsets_t = torch.tensor(self.offsets, dtype=torch.int64, device=device)
         self.sums = torch.zeros(self.leaf_offset + sizes[-1] + 1, dtype=torch.float64, device=device)
         self.mins = torch.full((self.leaf_offset,), math.inf, dtype=torch.float64, device=device)
-        self.max_raw = torch.ones(1, dtype=torch.float64, device=device)
-        self.max_next = torch.ones(1, dtype=torch.float64, device=device)
+        self.maxes = torch.ones(2, dtype=torch.float64, device=device)  # [max |d| + eps, max p]
+        self.max_next = torch.ones(2, dtype=torch.float64, device=device)
         self.counters = torch.zeros(2, dtype=torch.int64, device=device)  # [sanitized, stale dropped]
         self.alpha = float(alpha)
         self.eps = float(eps)
         self.hyper = torch.tensor([alpha, eps], dtype=torch.float64, device=device)
 
+        self._views()
+
+    def _views(self) -> None:
+        """Per-level views, made once (the torch twins index them on every call). The
+        tensors above are only ever written in place, so the views stay valid."""
+        o, s, K = self.offsets, self.sizes, self.fanout
+        self._levels = [self.sums[o[l]:o[l] + s[l]] for l in range(self.depth + 1)]
+        self._rows = [v.view(-1, K) if l else None for l, v in enumerate(self._levels)]
+        self._min_levels = [self.mins[o[l]:o[l] + s[l]] for l in range(self.depth)]
+        self._min_rows = [v.view(-1, K) if l else None for l, v in enumerate(self._min_levels)]
+        self.leaves = self._levels[-1]
+        self.leaves_ext = self.sums[self.leaf_offset:]
+
     def level(self, l: int) -> torch.Tensor:
-        return self.sums[self.offsets[l]:self.offsets[l] + self.sizes[l]]
+        return self._levels[l]
 
     def level_rows(self, l: int) -> torch.Tensor:
-        return self.level(l).view(-1, self.fanout)
+        return self._rows[l]
 
     def min_level(self, l: int) -> torch.Tensor:
-        return self.mins[self.offsets[l]:self.offsets[l] + self.sizes[l]]
+        return self._min_levels[l]
 
     def min_rows(self, l: int) -> torch.Tensor:
-        return self.min_level(l).view(-1, self.fanout)
-
-    @property
-    def leaves(self) -> torch.Tensor:
-        return self.sums[self.leaf_offset:self.leaf_offset + self.sizes[-1]]
-
-    @property
-    def leaves_ext(self) -> torch.Tensor:
-        return self.sums[self.leaf_offset:]
+        return self._min_rows[l]
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"sums": self.sums, "mins": self.mins, "max_raw": self.max_raw, "counters": self.counters}
+        return {"sums": self.sums, "mins": self.mins, "maxes": self.maxes, "counters": self.counters}
 
 
 def tree_add(state: TreeState, backend: str, added: torch.Tensor, n: int, valid=None) -> torch.Tensor:
@@ -262,7 +267,7 @@ class SumTree:
             pmin = prio.masked_fill(prio <= 0, math.inf).amin()
             pos = prio > 0
             ratio = torch.where(pos, prio / pmin, 1.0)
-            w = torch.where(pos, _k.pow_pos_torch(ratio, -self._beta, _k.math_constants(self.device)), 0.0)
+            w = torch.where(pos, _k.pow_pos_torch(ratio, -self._beta, _k.torch_constants(self.device)), 0.0)
             w = w.to(torch.float32)
         return keys, slots, prio, w
 
@@ -282,7 +287,8 @@ class SumTree:
     def stats(self) -> dict[str, int | float]:
         """Counters and the running max (reads the device: a sync)."""
         c = self.state.counters.tolist()
-        return {"sanitized": c[0], "stale_dropped": c[1], "max_raw_priority": float(self.state.max_raw[0])}
+        m = self.state.maxes.tolist()
+        return {"sanitized": c[0], "stale_dropped": c[1], "max_raw_priority": m[0], "max_priority": m[1]}
 
     def check(self) -> float:
         """Largest relative error of the stored sums against a float64 recomputation from the

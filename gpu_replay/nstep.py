@@ -174,7 +174,8 @@ class NStep:
         # gamma**m for m = 0..n, in float64, on the device.
         self._gpow = torch.full((n + 1,), self.gamma, dtype=torch.float64).pow(
             torch.arange(n + 1, dtype=torch.float64)).to(dev)
-        self._ar = torch.arange(E, device=dev)
+        self._gpow32 = self._gpow.to(torch.float32)
+        self._row0 = torch.arange(E, device=dev) * n  # first flat row of each env in [E * n]
         # order[p] = the ring slots in chronological order when slot p holds the oldest step.
         self._orders = [torch.remainder(torch.arange(n) + p, n).to(dev) for p in range(n)]
         # spec-independent windows
@@ -412,27 +413,26 @@ class NStep:
         self._t += 1
         if self._t < n:
             return None
-        return self._emit(self._orders[(w + 1) % n])
+        return self._emit(self._orders[(w + 1) % n], (w + 1) % n)
 
-    def _emit(self, order: torch.Tensor):
-        """Rows for the transitions starting at slot order[0], using the chronological window
-        ``order`` (ring slots, device int64 [L], L <= n). Fixed shapes, no host sync."""
+    def _emit(self, order: torch.Tensor, start: int):
+        """Rows for the transitions that start in ring slot ``start`` (a host int), using the
+        chronological window ``order`` (ring slots, device int64 [L], L <= n, order[0] == start).
+        Fixed shapes, no host sync."""
         L = order.shape[0]
-        E = self.num_envs
-        start = order[:1]
         done_c = self._done.index_select(1, order)                     # [E, L]
-        # alive[j]: no episode end among steps 0..j-1 of the window, i.e. j < k
-        alive = (done_c.cumsum(1) - done_c.long()) == 0
-        k = alive.sum(1)                                              # [E] in 1..L
-        r = self._reward.index_select(1, order)
-        ret = (torch.where(alive, r, 0.0) * self._gpow[:L]).sum(1)
-        last = order.index_select(0, k - 1)                           # slot of step t+k-1
-        rows = {name: win.index_select(1, start).squeeze(1) for name, win in self._win.items()}
+        # alive[j]: no episode end among window steps 0..j-1, i.e. j < k (cumsum_j == done_j)
+        alive = done_c.cumsum(1) <= done_c
+        k = alive.sum(1)                                              # [E], 1 <= k <= L
+        ret = torch.where(alive, self._reward.index_select(1, order), 0.0).matmul(self._gpow[:L])
+        # flat row (env, slot of step t+k-1) in the [E * n] view of a window
+        last = self._row0 + order.index_select(0, k - 1)
+        rows = {name: win[:, start].clone() for name, win in self._win.items()}
         rows["reward"] = ret.to(torch.float32)
-        rows["next_obs"] = self._next_obs[self._ar, last]
-        rows["discount"] = self._gpow.index_select(0, k).to(torch.float32)
-        rows["terminated"] = self._term[self._ar, last]
-        valid = self._real.index_select(1, start).squeeze(1)
+        rows["next_obs"] = self._next_obs.flatten(0, 1).index_select(0, last)
+        rows["discount"] = self._gpow32.index_select(0, k)
+        rows["terminated"] = self._term.view(-1).index_select(0, last)
+        valid = self._real[:, start].clone()
         return rows, valid
 
     # ------------------------------------------------------------------ flush / reset
@@ -447,7 +447,8 @@ class NStep:
         if P > 0 and self._fields is not None:
             n, t = self.n, self._t
             # pending step i (0 = oldest) sits in slot (t - P + i) % n; its window runs to the end
-            parts = [self._emit(self._orders[(t - P + i) % n][:P - i]) for i in range(P)]
+            parts = [self._emit(self._orders[(t - P + i) % n][:P - i], (t - P + i) % n)
+                     for i in range(P)]
             rows = {name: torch.cat([p[0][name] for p in parts]) for name in parts[0][0]}
             valid = torch.cat([p[1] for p in parts])
             out = (rows, valid)

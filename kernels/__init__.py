@@ -4,7 +4,7 @@ Each operation has one file: ``_name_kernel`` (Triton), its launcher ``name_trit
 twin ``name_torch`` with the same signature. The twins are the CPU backend and the test
 oracle; results agree bit for bit (see ``_math`` for why priorities use ``pow_pos``).
 """
-from ._math import math_constants, pow_pos_torch, seq_cumsum, triton
+from ._math import math_constants, pow_pos_torch, seq_cumsum, torch_constants, triton
 from .insert import insert_torch
 from .levels import refresh_torch
 from .sample import sample_torch
@@ -23,4 +23,5 @@ if HAVE_TRITON:
     TRITON_OPS = {"sample": sample_triton, "update": update_triton, "insert": insert_triton,
                   "refresh": refresh_triton}
 
-__all__ = ["TORCH_OPS", "TRITON_OPS", "HAVE_TRITON", "math_constants", "pow_pos_torch", "seq_cumsum"]
+__all__ = ["TORCH_OPS", "TRITON_OPS", "HAVE_TRITON", "math_constants", "torch_constants", "pow_pos_torch",
+           "seq_cumsum"]

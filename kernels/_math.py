@@ -61,17 +61,35 @@ def _constants() -> list[float]:
     return c
 
 
-_CONST_CACHE: dict[torch.device, torch.Tensor] = {}
+class TorchConstants:
+    """The constant vector on one device (``all``, what kernels read), with the tables as
+    views and the scalars as Python floats (the same doubles) for the torch twins."""
+
+    def __init__(self, device: torch.device):
+        c = _constants()
+        self.all = torch.tensor(c, dtype=torch.float64, device=device)
+        self.invc = self.all[OFF_INVC:OFF_INVC + TABLE]
+        self.lnc = self.all[OFF_LNC:OFF_LNC + TABLE]
+        self.exp2 = self.all[OFF_EXP2:OFF_EXP2 + TABLE]
+        self.logc = self.all[OFF_LOGC:OFF_LOGC + N_LOG]
+        self.expc = self.all[OFF_EXPC:OFF_EXPC + N_EXP]
+        self.ln2, self.inv_ln2_t, self.ln2_t = c[C_LN2], c[C_INV_LN2_T], c[C_LN2_T]
 
 
-def math_constants(device) -> torch.Tensor:
-    """The float64 constant vector both twins read (one copy per device)."""
+_CONST_CACHE: dict[torch.device, TorchConstants] = {}
+
+
+def torch_constants(device) -> TorchConstants:
     device = torch.device(device)
     t = _CONST_CACHE.get(device)
     if t is None:
-        t = torch.tensor(_constants(), dtype=torch.float64, device=device)
-        _CONST_CACHE[device] = t
+        t = _CONST_CACHE[device] = TorchConstants(device)
     return t
+
+
+def math_constants(device) -> torch.Tensor:
+    """The float64 constant vector the kernels read (one copy per device)."""
+    return torch_constants(device).all
 
 
 def seq_cumsum(x: torch.Tensor) -> torch.Tensor:
@@ -100,27 +118,23 @@ def seq_cumprod(x: torch.Tensor) -> torch.Tensor:
 
 def _series(r: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     """sum_k coef[k] * r**(k+1), powers and sum both left to right."""
-    n = coef.shape[0]
-    powers = seq_cumprod(r.unsqueeze(-1).expand(*r.shape, n))
+    powers = seq_cumprod(r.unsqueeze(-1).expand(*r.shape, coef.shape[0]))
     return seq_cumsum(powers * coef)[..., -1]
 
 
-def pow_pos_torch(x: torch.Tensor, y, cst: torch.Tensor) -> torch.Tensor:
+def pow_pos_torch(x: torch.Tensor, y, c: TorchConstants) -> torch.Tensor:
     """x**y for float64 x > 0 (finite, normal) and finite y; torch twin of ``pow_pos``."""
     bits = x.view(torch.int64)
     e = ((bits >> 52) - 1023).to(torch.float64)
     j = (bits >> (52 - TABLE_BITS)) & (TABLE - 1)
     m = ((bits & MANT_MASK) | ONE_BITS).view(torch.float64)
-    r = m * cst[OFF_INVC + j] - 1.0
-    ln = e * cst[C_LN2] + cst[OFF_LNC + j] + _series(r, cst[OFF_LOGC:OFF_LOGC + N_LOG])
-    t = ln * y
-    kf = torch.floor(t * cst[C_INV_LN2_T] + 0.5)
+    r = m * c.invc[j] - 1.0
+    t = (e * c.ln2 + c.lnc[j] + _series(r, c.logc)) * y
+    kf = torch.floor(t * c.inv_ln2_t + 0.5)
     k = kf.to(torch.int64)
-    r2 = t - kf * cst[C_LN2_T]
-    em = _series(r2, cst[OFF_EXPC:OFF_EXPC + N_EXP]) + 1.0
-    q = (k >> TABLE_BITS).clamp(-1022, 1023)
-    scale = ((q + 1023) << 52).view(torch.float64)
-    return cst[OFF_EXP2 + (k & (TABLE - 1))] * em * scale
+    em = _series(t - kf * c.ln2_t, c.expc) + 1.0
+    scale = ((((k >> TABLE_BITS).clamp(-1022, 1023)) + 1023) << 52).view(torch.float64)
+    return c.exp2[k & (TABLE - 1)] * em * scale
 
 
 if triton is not None:
@@ -142,12 +156,10 @@ if triton is not None:
         j = (bits >> 46) & 63
         m = ((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000).to(tl.float64, bitcast=True)
         r = m * tl.load(cst_ptr + 3 + j) - 1.0
-        ln = e * tl.load(cst_ptr) + tl.load(cst_ptr + 67 + j) + _series_tl(r, cst_ptr, 195, 7)
-        t = ln * y
+        t = (e * tl.load(cst_ptr) + tl.load(cst_ptr + 67 + j) + _series_tl(r, cst_ptr, 195, 7)) * y
         kf = tl.floor(t * tl.load(cst_ptr + 1) + 0.5)
         k = kf.to(tl.int64)
-        r2 = t - kf * tl.load(cst_ptr + 2)
-        em = _series_tl(r2, cst_ptr, 202, 6) + 1.0
+        em = _series_tl(t - kf * tl.load(cst_ptr + 2), cst_ptr, 202, 6) + 1.0
         q = tl.minimum(tl.maximum(k >> 6, -1022), 1023)
         scale = ((q + 1023) << 52).to(tl.float64, bitcast=True)
         return tl.load(cst_ptr + 131 + (k & 63)) * em * scale

@@ -1,9 +1,10 @@
 """Leaves for newly added rows: every new row enters with the running max priority.
 
-    leaf[k % C] = max_raw ** alpha   if valid[k] (or no mask given)
-                = 0                  otherwise (a row kept only for shape: never sampled)
+    leaf[k % C] = max p             if valid[k] (or no mask given)
+                = 0                 otherwise (a row kept only for shape: never sampled)
 
-``max_raw`` is the running max of |d| + eps (before the power, so alpha is applied once).
+max p = (max |d| + eps) ** alpha, the running max kept by ``update`` (1.0 at the start):
+alpha is applied once, to the raw value, never to a priority again.
 The keys of one call are distinct (the caller passes at most C of them). Parents are
 recomputed afterwards by ``levels``.
 """
@@ -11,12 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from ._math import launch_config, math_constants, pow_pos, pow_pos_torch, triton, tl
+from ._math import launch_config, triton, tl
 
 
 def insert_torch(tree, keys: torch.Tensor, valid: torch.Tensor | None, alpha: float) -> None:
     """Torch twin of ``insert_triton``."""
-    p = pow_pos_torch(tree.max_raw, alpha, math_constants(keys.device)).expand(keys.shape[0])
+    p = tree.maxes[1:].expand(keys.shape[0])
     if valid is not None:
         p = torch.where(valid, p, 0.0)
     tree.leaves.index_copy_(0, torch.remainder(keys, tree.capacity), p.contiguous())
@@ -25,13 +26,13 @@ def insert_torch(tree, keys: torch.Tensor, valid: torch.Tensor | None, alpha: fl
 if triton is not None:
 
     @triton.jit
-    def _insert_kernel(sums_ptr, keys_ptr, valid_ptr, maxraw_ptr, hyper_ptr, cst_ptr, leaf_off, B, C,
+    def _insert_kernel(sums_ptr, keys_ptr, valid_ptr, maxes_ptr, leaf_off, B, C,
                        HAS_VALID: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0).to(tl.int64)
         i = pid * BLOCK + tl.arange(0, BLOCK)
         mask = i < B
         key = tl.load(keys_ptr + i, mask=mask, other=0)
-        p = pow_pos(tl.load(maxraw_ptr) + tl.zeros([BLOCK], dtype=tl.float64), tl.load(hyper_ptr), cst_ptr)
+        p = tl.load(maxes_ptr + 1) + tl.zeros([BLOCK], dtype=tl.float64)
         if HAS_VALID:
             p = tl.where(tl.load(valid_ptr + i, mask=mask, other=0) != 0, p, 0.0)
         tl.store(sums_ptr + leaf_off + key % C, p, mask=mask)
@@ -42,6 +43,5 @@ def insert_triton(tree, keys: torch.Tensor, valid: torch.Tensor | None, alpha: f
     B = keys.shape[0]
     block, warps, grid = launch_config(B)
     v = keys if valid is None else valid.view(torch.uint8)
-    _insert_kernel[grid](tree.sums, keys, v, tree.max_raw, tree.hyper, math_constants(keys.device),
-                         tree.leaf_offset, B, tree.capacity, HAS_VALID=valid is not None,
+    _insert_kernel[grid](tree.sums, keys, v, tree.maxes, tree.leaf_offset, B, tree.capacity, HAS_VALID=valid is not None,
                          BLOCK=block, num_warps=warps, enable_fp_fusion=False)

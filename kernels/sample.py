@@ -4,11 +4,13 @@ For query i of B, with r_i ~ U[0, 1) from the caller's generator and T the root 
 
     u_i = (i + r_i) * T / B                     (stratum i of B)
 
-At each level the K children c_0..c_{K-1} of the current node are prefix-summed left to
-right, S_j = c_0 + ... + c_j, and the query steps into child k = #{j : S_j <= u}, then
-subtracts S_{k-1}. If rounding pushes u to or past the node's total (k would fall past the
-last child with positive mass), k is clamped to that last positive child: a leaf whose
-priority is zero (unfilled, invalid, padding) is never returned, however u rounds.
+At each level u is first clamped below the current node's stored total T_n (to the next
+float down), the K children c_0..c_{K-1} are prefix-summed left to right,
+S_j = c_0 + ... + c_j, and the query steps into child k = #{j : S_j <= u}, then subtracts
+S_{k-1}. Every parent is stored as exactly that left-to-right sum (``levels``), so
+S_{K-1} == T_n, hence u < S_{K-1} and the chosen child is the first with S_k > u, which has
+positive mass: a leaf whose priority is zero (unfilled, invalid, padding) is never
+returned, however u rounds (rounding that pushes u past T_n is absorbed by the clamp).
 
 Outputs per query: the slot, its key (the newest key written to that slot), its leaf
 priority p, and, with ``norm_global``, the IS weight w = (p / p_min) ** -beta, which is
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ._math import launch_config, math_constants, pow_pos, pow_pos_torch, seq_cumsum, triton, tl
+from ._math import launch_config, math_constants, pow_pos, pow_pos_torch, seq_cumsum, torch_constants, triton, tl
 
 
 def _keys_from_slots(slots: torch.Tensor, added: torch.Tensor, capacity: int) -> torch.Tensor:
@@ -28,30 +30,26 @@ def _keys_from_slots(slots: torch.Tensor, added: torch.Tensor, capacity: int) ->
 
 
 def sample_torch(tree, r: torch.Tensor, added: torch.Tensor, beta: torch.Tensor, norm_global: bool = True):
-    """Torch twin of ``sample_triton``: returns (slots, keys, priorities, weights or None)."""
+    """Torch twin of ``sample_triton``: returns (slots, keys, priorities, weights or None).
+    The whole batch moves down one level per step (branch-free)."""
     B = r.shape[0]
     K = tree.fanout
-    total = tree.sums[0]
-    u = (torch.arange(B, device=r.device, dtype=torch.float64) + r) * total / B
+    u = (torch.arange(B, device=r.device, dtype=torch.float64) + r) * tree.sums[0] / B
     node = torch.zeros(B, dtype=torch.int64, device=r.device)
-    cols = torch.arange(K, device=r.device)
     for level in range(tree.depth):
-        children = tree.level_rows(level + 1).index_select(0, node)  # [B, K]
-        csum = seq_cumsum(children)
-        cnt = (csum <= u.unsqueeze(1)).sum(1)
-        last = torch.where(children > 0, cols, -1).amax(1)
-        excl = torch.nn.functional.pad(csum, (1, 0))  # excl[:, k] = S_{k-1}
-        k = torch.where(cnt > last, last, cnt).clamp_min(0)
-        u = u - excl.gather(1, k.unsqueeze(1)).squeeze(1)
-        node = node * K + k
+        below = (tree.level(level).index_select(0, node).view(torch.int64) - 1).view(torch.float64)
+        u = torch.where(below < u, below, u)
+        csum = seq_cumsum(tree.level_rows(level + 1).index_select(0, node))  # [B, K]
+        le = csum <= u.unsqueeze(1)
+        u = u - torch.where(le, csum, 0.0).amax(1)
+        node = node * K + le.sum(1).clamp_max(K - 1)
     slots = node.clamp_max(tree.capacity - 1)
     prio = tree.leaves.index_select(0, slots)
     keys = _keys_from_slots(slots, added, tree.capacity)
     weights = None
     if norm_global:
         pos = prio > 0
-        ratio = torch.where(pos, prio / tree.mins[0], 1.0)
-        w = pow_pos_torch(ratio, -beta, math_constants(r.device))
+        w = pow_pos_torch(torch.where(pos, prio / tree.mins[0], 1.0), -beta, torch_constants(r.device))
         weights = torch.where(pos, w, 0.0).to(torch.float32)
     return slots, keys, prio, weights
 
@@ -67,30 +65,23 @@ if triton is not None:
         i = pid * BLOCK + tl.arange(0, BLOCK)
         mask = i < B
         r = tl.load(r_ptr + i, mask=mask, other=0.0)
-        total = tl.load(sums_ptr)
-        u = (i.to(tl.float64) + r) * total / B
+        u = (i.to(tl.float64) + r) * tl.load(sums_ptr) / B
         node = tl.zeros([BLOCK], dtype=tl.int64)
         for level in tl.static_range(DEPTH):
+            tot = tl.load(sums_ptr + tl.load(offs_ptr + level) + node, mask=mask, other=0.0)
+            below = (tot.to(tl.int64, bitcast=True) - 1).to(tl.float64, bitcast=True)
+            u = tl.where(below < u, below, u)
             base = tl.load(offs_ptr + level + 1) + node * K
             acc = tl.zeros([BLOCK], dtype=tl.float64)
             skip = tl.zeros([BLOCK], dtype=tl.float64)
-            last_excl = tl.zeros([BLOCK], dtype=tl.float64)
             cnt = tl.zeros([BLOCK], dtype=tl.int64)
-            last = tl.full([BLOCK], -1, dtype=tl.int64)
             for j in tl.static_range(K):
-                c = tl.load(sums_ptr + base + j, mask=mask, other=0.0)
-                new = acc + c
-                le = new <= u
+                acc = acc + tl.load(sums_ptr + base + j, mask=mask, other=0.0)
+                le = acc <= u
                 cnt += le.to(tl.int64)
-                skip = tl.where(le, new, skip)
-                pos = c > 0
-                last = tl.where(pos, j, last)
-                last_excl = tl.where(pos, acc, last_excl)
-                acc = new
-            over = cnt > last
-            k = tl.maximum(tl.where(over, last, cnt), 0)
-            u = u - tl.where(over, last_excl, skip)
-            node = node * K + k
+                skip = tl.where(le, acc, skip)
+            u = u - skip
+            node = node * K + tl.minimum(cnt, K - 1)
         slot = tl.minimum(node, C - 1)
         leaf_off = tl.load(offs_ptr + DEPTH)
         prio = tl.load(sums_ptr + leaf_off + slot, mask=mask, other=0.0)

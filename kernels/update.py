@@ -9,10 +9,12 @@ For item i with key k_i and TD error d_i (A = keys ever added, C = capacity):
                           (the last write of a duplicate key wins)
 
 Counters (int64, device): [0] += #replaced NaN/inf among non-stale items, [1] += #stale.
-Running max: ``max_next`` (the int64 view of a positive float64; for positive floats the
-bit patterns order like the values, so an integer atomic max is exact) takes the max of
-the good, non-stale raw values; the caller copies it into ``max_raw`` afterwards, so every
-item of one call sees the same pre-call max. Negative TD errors are ordinary (|d| is used).
+Running maxima ``maxes`` = [max raw, max p] over the good (finite), non-stale items: the
+kernel folds them into ``max_next`` with an integer atomic max on the float64 bits (for
+positive floats the bit patterns order like the values, so it is exact and
+order-independent), and the launcher copies ``max_next`` into ``maxes`` afterwards, so
+every item of one call sees the same pre-call max. New rows enter with max p (``insert``),
+so alpha is applied once, to the raw value. Negative TD errors are ordinary (|d| is used).
 
 Parents are not touched here: ``levels.refresh_*`` recomputes them afterwards.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ._math import launch_config, math_constants, pow_pos, pow_pos_torch, triton, tl
+from ._math import launch_config, math_constants, pow_pos, pow_pos_torch, torch_constants, triton, tl
 
 
 def _later_duplicate(keys: torch.Tensor) -> torch.Tensor:
@@ -34,26 +36,23 @@ def _later_duplicate(keys: torch.Tensor) -> torch.Tensor:
 
 def update_torch(tree, keys: torch.Tensor, td: torch.Tensor, added: torch.Tensor,
                  alpha: float, eps: float) -> None:
-    """Torch twin of ``update_triton``: writes leaves, counters and the running max."""
-    C = tree.capacity
-    stale = (keys < added - C) | (keys >= added) | (keys < 0)
+    """Torch twin of ``update_triton``: writes leaves, counters and the running maxima."""
+    stale = (keys < (added - tree.capacity).clamp_min(0)) | (keys >= added)
     raw = td.to(torch.float64).abs() + eps
     bad = ~torch.isfinite(raw)
-    raw = torch.where(bad, tree.max_raw, raw)
+    raw = torch.where(bad, tree.maxes[0], raw)
+    p = pow_pos_torch(raw, alpha, torch_constants(keys.device))
     write = ~(stale | _later_duplicate(keys))
-    p = pow_pos_torch(raw, alpha, math_constants(keys.device))
-    idx = torch.where(write, torch.remainder(keys, C), tree.trash)
-    tree.leaves_ext.index_copy_(0, idx, p)
-    applied = ~stale
-    tree.counters.add_(torch.stack(((applied & bad).sum(), stale.sum())))
-    good = torch.where(applied & ~bad, raw, 0.0)
-    torch.maximum(tree.max_raw, good.amax().unsqueeze(0), out=tree.max_raw)
+    tree.leaves_ext.index_copy_(0, torch.where(write, torch.remainder(keys, tree.capacity), tree.trash), p)
+    tree.counters.add_(torch.stack((bad & ~stale, stale)).sum(1))
+    good = ~(stale | bad)
+    torch.maximum(tree.maxes, torch.where(good, torch.stack((raw, p)), 0.0).amax(1), out=tree.maxes)
 
 
 if triton is not None:
 
     @triton.jit
-    def _update_kernel(sums_ptr, keys_ptr, td_ptr, added_ptr, maxraw_ptr, maxnext_ptr, cnt_ptr,
+    def _update_kernel(sums_ptr, keys_ptr, td_ptr, added_ptr, maxes_ptr, maxnext_ptr, cnt_ptr,
                        hyper_ptr, cst_ptr, leaf_off, B, C,
                        BLOCK: tl.constexpr, JBLOCK: tl.constexpr):
         pid = tl.program_id(0).to(tl.int64)
@@ -61,12 +60,12 @@ if triton is not None:
         mask = i < B
         key = tl.load(keys_ptr + i, mask=mask, other=0)
         A = tl.load(added_ptr)
-        stale = (key < A - C) | (key >= A) | (key < 0)
+        stale = (key < tl.maximum(A - C, 0)) | (key >= A)
         alpha = tl.load(hyper_ptr)
         eps = tl.load(hyper_ptr + 1)
         raw = tl.abs(tl.load(td_ptr + i, mask=mask, other=0.0).to(tl.float64)) + eps
         bad = (raw != raw) | (raw == float("inf"))
-        raw = tl.where(bad, tl.load(maxraw_ptr), raw)
+        raw = tl.where(bad, tl.load(maxes_ptr), raw)
         later = tl.zeros([BLOCK], dtype=tl.int32)
         for start in range(0, B, JBLOCK):
             j = start + tl.arange(0, JBLOCK).to(tl.int64)
@@ -81,8 +80,9 @@ if triton is not None:
         applied = mask & (~stale)
         tl.atomic_add(cnt_ptr, tl.sum((applied & bad).to(tl.int64)))
         tl.atomic_add(cnt_ptr + 1, tl.sum((mask & stale).to(tl.int64)))
-        good = tl.where(applied & (~bad), raw, 0.0)
-        tl.atomic_max(maxnext_ptr, tl.max(good.to(tl.int64, bitcast=True)))
+        good = applied & (~bad)
+        tl.atomic_max(maxnext_ptr, tl.max(tl.where(good, raw, 0.0).to(tl.int64, bitcast=True)))
+        tl.atomic_max(maxnext_ptr + 1, tl.max(tl.where(good, p, 0.0).to(tl.int64, bitcast=True)))
 
 
 def update_triton(tree, keys: torch.Tensor, td: torch.Tensor, added: torch.Tensor,
@@ -90,9 +90,9 @@ def update_triton(tree, keys: torch.Tensor, td: torch.Tensor, added: torch.Tenso
     """One launch for the leaves (plus a copy of the running max). Contract as ``update_torch``."""
     B = keys.shape[0]
     block, warps, grid = launch_config(B, 128)
-    tree.max_next.copy_(tree.max_raw)
-    _update_kernel[grid](tree.sums, keys, td, added, tree.max_raw, tree.max_next.view(torch.int64),
+    tree.max_next.copy_(tree.maxes)
+    _update_kernel[grid](tree.sums, keys, td, added, tree.maxes, tree.max_next.view(torch.int64),
                          tree.counters, tree.hyper, math_constants(keys.device),
                          tree.leaf_offset, B, tree.capacity,
                          BLOCK=block, JBLOCK=128, num_warps=warps, enable_fp_fusion=False)
-    tree.max_raw.copy_(tree.max_next)
+    tree.maxes.copy_(tree.max_next)

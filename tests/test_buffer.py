@@ -213,10 +213,15 @@ def test_kernels_ship_inside_the_package_not_as_a_top_level_module(tmp_path):
     import zipfile
     from pathlib import Path
     import gpu_replay.kernels
+    import shutil
     root = Path(__file__).resolve().parents[1]
     assert Path(gpu_replay.kernels.__file__).parent == root / "kernels"
+    src = tmp_path / "src"  # build from a clean copy: no stale build/ folder can leak in
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "gpu_replay", "kernels"):
+        (shutil.copytree if (root / name).is_dir() else shutil.copy)(root / name, src / name)
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path), str(root)], capture_output=True, text=True)
+                          "-w", str(tmp_path), str(src)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     wheel = next(tmp_path.glob("gpu_replay-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()

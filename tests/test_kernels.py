@@ -40,22 +40,23 @@ def random_tree(capacity, fanout, seed, zero_frac=0.3, added=None, device="cpu")
     st.leaves[:capacity] = p.to(device)
     added = capacity if added is None else added
     K.TORCH_OPS["refresh"](st, torch.arange(capacity, device=device))
-    st.max_raw.fill_(3.5)
-    st.max_next.fill_(3.5)
+    st.maxes.copy_(torch.tensor([3.5, 3.5 ** 0.6], dtype=torch.float64))
+    st.max_next.copy_(st.maxes)
     return st
 
 
 def on(st, device):
     out = copy.copy(st)
-    for name in ("sums", "mins", "max_raw", "max_next", "counters", "hyper", "offsets_t"):
+    for name in ("sums", "mins", "maxes", "max_next", "counters", "hyper", "offsets_t"):
         setattr(out, name, getattr(st, name).clone().to(device))
+    out._views()
     return out
 
 
 def assert_same_state(a, b, what):
     # the last element of sums is the torch backend's write sink: never read
     assert_equal(a.sums[:-1], b.sums[:-1], f"{what}: sums")
-    for name in ("mins", "max_raw", "counters"):
+    for name in ("mins", "maxes", "counters"):
         assert_equal(getattr(a, name), getattr(b, name), f"{what}: {name}")
 
 
@@ -65,8 +66,7 @@ def test_pow_pos_kernel_matches_twin_and_math():
     x = torch.exp(torch.rand(n, generator=g, dtype=torch.float64) * 120 - 60)
     x[:4] = torch.tensor([1.0, 2.0, 1e-6, 1.4142135623730951], dtype=torch.float64)
     y = torch.rand(n, generator=g, dtype=torch.float64) * 2.5 - 1.5
-    cst = K.math_constants("cpu")
-    want = K.pow_pos_torch(x, y, cst)
+    want = K.pow_pos_torch(x, y, K.torch_constants("cpu"))
     out = torch.empty(n, dtype=torch.float64, device=TRITON_DEVICE)
     _pow_kernel[(n // 1024,)](x.to(TRITON_DEVICE), y.to(TRITON_DEVICE), out, K.math_constants(TRITON_DEVICE), n,
                               BLOCK=1024, enable_fp_fusion=False)
