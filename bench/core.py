@@ -87,7 +87,7 @@ def bench_backend(capacity: int, device: torch.device, backend: str, fanout: int
 def available_backends(device: torch.device) -> list[str]:
     if device.type == "cuda":
         return ["triton", "torch"] if kernels.HAVE_TRITON else ["torch"]
-    return ["torch"]
+    return ["numba", "torch"] if kernels.HAVE_NUMBA else ["torch"]
 
 
 def main(argv=None):

@@ -12,22 +12,29 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
 import torch
 
 from . import kernels as _k
 
-# CUDA tensors run the Triton kernels; every other device runs the pure-torch twins
-# (Triton generates no CPU code: its interpreter, TRITON_INTERPRET=1, is for tests).
-_AUTO_BACKEND = {"cuda": "triton"}
+# CUDA tensors run the Triton kernels; CPU tensors the same loops compiled by numba (eager
+# torch pays ~1.5 µs of dispatch per op, ~100 ops a call); anything else the torch twins.
+_AUTO_BACKEND = {"cuda": ("triton", _k.HAVE_TRITON), "cpu": ("numba", _k.HAVE_NUMBA)}
+BACKENDS = ("auto", "triton", "numba", "torch")
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend: expected 'auto', 'triton' or 'torch', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        backend = _AUTO_BACKEND.get(device.type, "torch")
-        if backend == "triton" and not _k.HAVE_TRITON:
+        backend, available = _AUTO_BACKEND.get(device.type, ("torch", True))
+        if not available:
             backend = "torch"
+    if backend == "numba":
+        if not _k.HAVE_NUMBA:
+            raise ValueError("backend='numba': numba is not installed (pip install numba); use backend='torch'")
+        if device.type != "cpu":
+            raise ValueError(f"backend='numba' runs on the CPU only, got device {device}")
     if backend == "triton":
         if not _k.HAVE_TRITON:
             raise ValueError("backend='triton': triton is not installed; use backend='torch'")
@@ -37,7 +44,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def _ops(backend: str) -> dict:
-    return _k.TRITON_OPS if backend == "triton" else _k.TORCH_OPS
+    return {"triton": _k.TRITON_OPS, "numba": _k.NUMBA_OPS, "torch": _k.TORCH_OPS}[backend]
 
 
 class TreeState:
@@ -60,6 +67,7 @@ class TreeState:
         self.leaf_offset = self.offsets[-1]
         self.trash = sizes[-1]  # index in leaves_ext
         self.offsets_t = torch.tensor(self.offsets, dtype=torch.int64, device=device)
+        self.offsets_np = np.array(self.offsets, dtype=np.int64)
         self.sums = torch.zeros(self.leaf_offset + sizes[-1] + 1, dtype=torch.float64, device=device)
         self.mins = torch.full((self.leaf_offset,), math.inf, dtype=torch.float64, device=device)
         self.maxes = torch.ones(2, dtype=torch.float64, device=device)  # [max |d| + eps, max p]
@@ -157,7 +165,7 @@ def tree_check(state: TreeState, n_filled: int | None = None) -> float:
     return worst
 
 
-DEFAULT_FANOUT = 32  # bench/core.py --fanout: see README
+DEFAULT_FANOUT = 16  # by measurement (bench/core.py --fanout 16 32 64, see README)
 
 
 class SumTree:

@@ -29,6 +29,12 @@ except ImportError:  # pragma: no cover - exercised on machines without triton
     triton = None
     tl = None
 
+try:  # numba is optional: the compiled CPU backend
+    import numba
+    import numpy as np
+except ImportError:  # pragma: no cover
+    numba = None
+
 TABLE_BITS = 6
 TABLE = 1 << TABLE_BITS
 N_LOG = 7  # log1p(r) terms, |r| <= 1/127
@@ -163,6 +169,47 @@ if triton is not None:
         q = tl.minimum(tl.maximum(k >> 6, -1022), 1023)
         scale = ((q + 1023) << 52).to(tl.float64, bitcast=True)
         return tl.load(cst_ptr + 131 + (k & 63)) * em * scale
+
+
+if numba is not None:
+
+    @numba.njit(cache=True, nogil=True)
+    def pow_pos_nb(x, y, cst):
+        """x**y elementwise for a float64 array x > 0: the CPU-compiled twin of ``pow_pos``."""
+        n = x.shape[0]
+        bits = x.view(np.int64)
+        mb = np.empty(n, np.int64)
+        for i in range(n):
+            mb[i] = (bits[i] & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000
+        m = mb.view(np.float64)
+        out = np.empty(n, np.float64)
+        sb = np.empty(n, np.int64)
+        for i in range(n):
+            b = bits[i]
+            e = np.float64((b >> 52) - 1023)
+            j = (b >> 46) & 63
+            r = m[i] * cst[3 + j] - 1.0
+            pw = r
+            acc = pw * cst[195]
+            for k in range(1, 7):
+                pw = pw * r
+                acc = acc + pw * cst[195 + k]
+            t = (e * cst[0] + cst[67 + j] + acc) * y
+            kf = np.floor(t * cst[1] + 0.5)
+            ki = np.int64(kf)
+            r2 = t - kf * cst[2]
+            pw = r2
+            acc = pw * cst[202]
+            for k in range(1, 6):
+                pw = pw * r2
+                acc = acc + pw * cst[202 + k]
+            q = min(max(ki >> 6, -1022), 1023)
+            sb[i] = (q + 1023) << 52
+            out[i] = cst[131 + (ki & 63)] * (acc + 1.0)
+        scale = sb.view(np.float64)
+        for i in range(n):
+            out[i] = out[i] * scale[i]
+        return out
 
 
 # the kernel above hard-codes these offsets (constexpr globals are awkward in @jit)

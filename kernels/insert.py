@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._math import launch_config, triton, tl
+from ._math import launch_config, numba, triton, tl
 
 
 def insert_torch(tree, keys: torch.Tensor, valid: torch.Tensor | None, alpha: float) -> None:
@@ -45,3 +45,18 @@ def insert_triton(tree, keys: torch.Tensor, valid: torch.Tensor | None, alpha: f
     v = keys if valid is None else valid.view(torch.uint8)
     _insert_kernel[grid](tree.sums, keys, v, tree.maxes, tree.leaf_offset, B, tree.capacity, HAS_VALID=valid is not None,
                          BLOCK=block, num_warps=warps, enable_fp_fusion=False)
+
+
+if numba is not None:
+
+    @numba.njit(cache=True, nogil=True)
+    def _insert_nb(sums, leaf_off, keys, valid, has_valid, p, C):
+        for i in range(keys.shape[0]):
+            sums[leaf_off + keys[i] % C] = p if (not has_valid or valid[i]) else 0.0
+
+
+def insert_numba(tree, keys: torch.Tensor, valid: torch.Tensor | None, alpha: float) -> None:
+    """Compiled CPU twin of ``insert_torch``."""
+    v = keys if valid is None else valid
+    _insert_nb(tree.sums.numpy(), tree.leaf_offset, keys.numpy(), v.numpy(), valid is not None,
+               float(tree.maxes[1]), tree.capacity)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._math import launch_config, seq_cumsum, triton, tl
+from ._math import launch_config, numba, seq_cumsum, triton, tl
 
 
 def refresh_torch(tree, keys: torch.Tensor) -> None:
@@ -65,3 +65,38 @@ def refresh_triton(tree, keys: torch.Tensor) -> None:
                               tree.log2k * (tree.depth - level), level,
                               K=tree.fanout, LEAF_CHILDREN=level + 1 == tree.depth, BLOCK=block,
                               num_warps=warps, enable_fp_fusion=False)
+
+
+if numba is not None:
+    import numpy as np
+
+    @numba.njit(cache=True, nogil=True)
+    def _refresh_nb(sums, mins, offs, keys, C, K, D, log2k):
+        B = keys.shape[0]
+        for level in range(D - 1, -1, -1):  # a level is final before its parents are read
+            shift = log2k * (D - level)
+            last = -1
+            for i in range(B):
+                node = (max(keys[i], 0) % C) >> shift
+                if node == last:  # consecutive keys often share a parent
+                    continue
+                last = node
+                base = offs[level + 1] + node * K
+                acc = 0.0
+                mn = np.inf
+                for j in range(K):
+                    c = sums[base + j]
+                    acc = acc + c
+                    if level + 1 == D:
+                        cm = c if c > 0 else np.inf
+                    else:
+                        cm = mins[base + j]
+                    mn = min(mn, cm)
+                sums[offs[level] + node] = acc
+                mins[offs[level] + node] = mn
+
+
+def refresh_numba(tree, keys: torch.Tensor) -> None:
+    """Compiled CPU twin of ``refresh_torch``."""
+    _refresh_nb(tree.sums.numpy(), tree.mins.numpy(), tree.offsets_np, keys.numpy(), tree.capacity,
+                tree.fanout, tree.depth, tree.log2k)

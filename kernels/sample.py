@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from ._math import launch_config, math_constants, pow_pos, pow_pos_torch, seq_cumsum, torch_constants, triton, tl
+from ._math import (launch_config, math_constants, numba, pow_pos, pow_pos_nb, pow_pos_torch, seq_cumsum,
+                    torch_constants, triton, tl)
 
 
 def _keys_from_slots(slots: torch.Tensor, added: torch.Tensor, capacity: int) -> torch.Tensor:
@@ -111,3 +112,65 @@ def sample_triton(tree, r: torch.Tensor, added: torch.Tensor, beta: torch.Tensor
                          K=tree.fanout, DEPTH=tree.depth, NORM_GLOBAL=norm_global, BLOCK=block,
                          num_warps=warps, enable_fp_fusion=False)
     return slots, keys, prio, (weights if norm_global else None)
+
+
+if numba is not None:
+    import numpy as np
+
+    @numba.njit(cache=True, nogil=True)
+    def _sample_nb(sums, mins, offs, r, added, beta, cst, K, D, C, norm_global, slots, keys, prio, w):
+        B = r.shape[0]
+        fbits = np.empty(1, np.float64)
+        ibits = fbits.view(np.int64)
+        total = sums[0]
+        u = np.empty(B, np.float64)
+        node = np.zeros(B, np.int64)
+        for i in range(B):
+            u[i] = (np.float64(i) + r[i]) * total / B
+        for level in range(D):  # level-major: the batch's independent loads overlap in memory
+            for i in range(B):
+                ui = u[i]
+                fbits[0] = sums[offs[level] + node[i]]
+                ibits[0] -= 1
+                if fbits[0] < ui:
+                    ui = fbits[0]
+                base = offs[level + 1] + node[i] * K
+                acc = 0.0
+                skip = 0.0
+                cnt = 0
+                for j in range(K):
+                    acc = acc + sums[base + j]
+                    if acc <= ui:
+                        cnt += 1
+                        skip = acc
+                    else:
+                        break  # prefix sums only grow: no later child can count
+                u[i] = ui - skip
+                node[i] = node[i] * K + min(cnt, K - 1)
+        a1 = added - 1
+        for i in range(B):
+            slot = min(node[i], C - 1)
+            slots[i] = slot
+            prio[i] = sums[offs[D] + slot]
+            keys[i] = a1 - (a1 - slot) % C if slot <= a1 else -1
+        if norm_global:
+            pmin = mins[0]
+            ratio = np.empty(B, np.float64)
+            for i in range(B):
+                ratio[i] = prio[i] / pmin if prio[i] > 0 else 1.0
+            pw = pow_pos_nb(ratio, -beta, cst)
+            for i in range(B):
+                w[i] = np.float32(pw[i]) if prio[i] > 0 else np.float32(0.0)
+
+
+def sample_numba(tree, r: torch.Tensor, added: torch.Tensor, beta: torch.Tensor, norm_global: bool = True):
+    """Compiled CPU twin: one pass over the batch, each query descending on its own."""
+    B = r.shape[0]
+    slots = torch.empty(B, dtype=torch.int64)
+    keys = torch.empty(B, dtype=torch.int64)
+    prio = torch.empty(B, dtype=torch.float64)
+    w = torch.empty(B, dtype=torch.float32)
+    _sample_nb(tree.sums.numpy(), tree.mins.numpy(), tree.offsets_np, r.numpy(), int(added), float(beta[0]),
+               math_constants("cpu").numpy(), tree.fanout, tree.depth, tree.capacity, norm_global,
+               slots.numpy(), keys.numpy(), prio.numpy(), w.numpy())
+    return slots, keys, prio, (w if norm_global else None)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ._math import launch_config, math_constants, pow_pos, pow_pos_torch, torch_constants, triton, tl
+from ._math import launch_config, math_constants, numba, pow_pos, pow_pos_nb, pow_pos_torch, torch_constants, triton, tl
 
 
 def _later_duplicate(keys: torch.Tensor) -> torch.Tensor:
@@ -96,3 +96,42 @@ def update_triton(tree, keys: torch.Tensor, td: torch.Tensor, added: torch.Tenso
                          tree.leaf_offset, B, tree.capacity,
                          BLOCK=block, JBLOCK=128, num_warps=warps, enable_fp_fusion=False)
     tree.maxes.copy_(tree.max_next)
+
+
+if numba is not None:
+    import numpy as np
+
+    @numba.njit(cache=True, nogil=True)
+    def _update_nb(sums, leaf_off, keys, td, added, maxes, counters, alpha, eps, cst, C):
+        B = keys.shape[0]
+        lo = max(added - C, 0)
+        raw = np.empty(B, np.float64)
+        stale = np.empty(B, np.bool_)
+        bad = np.empty(B, np.bool_)
+        for i in range(B):
+            stale[i] = keys[i] < lo or keys[i] >= added
+            x = abs(np.float64(td[i])) + eps
+            bad[i] = not np.isfinite(x)
+            raw[i] = maxes[0] if bad[i] else x
+        p = pow_pos_nb(raw, alpha, cst)
+        m_raw = maxes[0]
+        m_p = maxes[1]
+        for i in range(B):  # in batch order: the last write of a duplicate key wins
+            if stale[i]:
+                counters[1] += 1
+                continue
+            sums[leaf_off + keys[i] % C] = p[i]
+            if bad[i]:
+                counters[0] += 1
+            else:
+                m_raw = max(m_raw, raw[i])
+                m_p = max(m_p, p[i])
+        maxes[0] = m_raw
+        maxes[1] = m_p
+
+
+def update_numba(tree, keys: torch.Tensor, td: torch.Tensor, added: torch.Tensor,
+                 alpha: float, eps: float) -> None:
+    """Compiled CPU twin: items in batch order, so the last write of a duplicate wins."""
+    _update_nb(tree.sums.numpy(), tree.leaf_offset, keys.numpy(), td.detach().numpy(), int(added),
+               tree.maxes.numpy(), tree.counters.numpy(), alpha, eps, math_constants("cpu").numpy(), tree.capacity)

@@ -185,7 +185,9 @@ def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="backend='triton'.*CUDA"):
         SumTree(8, backend="triton", device="cpu")
-    assert SumTree(8, backend="auto", device="cpu").backend == "torch"
+    assert SumTree(8, backend="auto", device="cpu").backend == ("numba" if kernels.HAVE_NUMBA else "torch")
+    with pytest.raises(ValueError, match="backend='numba'.*CPU"):
+        SumTree(8, backend="numba", device="meta")
 
 
 def test_numpy_dtype_spec_and_sumtree_add_checks():

@@ -1,7 +1,8 @@
-"""Every Triton kernel against its torch twin, bit for bit, on random inputs.
+"""Every Triton kernel and every numba loop against its torch twin, bit for bit, on
+random inputs.
 
-On CPU the kernels run through the Triton interpreter (small sizes); on a CUDA machine
-they run compiled, and the twin runs on the CPU copy of the same inputs.
+On CPU the Triton kernels run through the Triton interpreter (small sizes); on a CUDA
+machine they run compiled, and the twin runs on the CPU copy of the same inputs.
 """
 import copy
 import math
@@ -13,7 +14,13 @@ from conftest import TRITON_DEVICE, assert_equal
 from gpu_replay._tree import TreeState
 from gpu_replay import kernels as K
 
-pytestmark = pytest.mark.skipif(not K.HAVE_TRITON, reason="triton is not installed")
+# (backend, device) pairs compared with the torch twin on this machine
+COMPILED = ([("triton", TRITON_DEVICE)] if K.HAVE_TRITON else []) + ([("numba", "cpu")] if K.HAVE_NUMBA else [])
+OPS = {"triton": K.TRITON_OPS, "numba": K.NUMBA_OPS}
+
+
+def test_a_compiled_backend_is_tested():
+    assert COMPILED, "neither triton nor numba is installed: nothing to compare the twins with"
 
 if K.HAVE_TRITON:
     import triton
@@ -60,6 +67,7 @@ def assert_same_state(a, b, what):
         assert_equal(getattr(a, name), getattr(b, name), f"{what}: {name}")
 
 
+@pytest.mark.skipif(not K.HAVE_TRITON, reason="triton is not installed")
 def test_pow_pos_kernel_matches_twin_and_math():
     g = torch.Generator().manual_seed(0)
     n = 4096
@@ -71,6 +79,12 @@ def test_pow_pos_kernel_matches_twin_and_math():
     _pow_kernel[(n // 1024,)](x.to(TRITON_DEVICE), y.to(TRITON_DEVICE), out, K.math_constants(TRITON_DEVICE), n,
                               BLOCK=1024, enable_fp_fusion=False)
     assert_equal(out, want, "pow_pos kernel vs twin")
+    if K.HAVE_NUMBA:
+        from gpu_replay.kernels._math import pow_pos_nb
+        got = torch.empty_like(x)
+        for yv in (0.6, -0.4, 1.0):
+            got = torch.from_numpy(pow_pos_nb(x.numpy(), yv, K.math_constants("cpu").numpy()))
+            assert_equal(got, K.pow_pos_torch(x, yv, K.torch_constants("cpu")), f"pow_pos_nb y={yv}")
     ref = torch.tensor([math.pow(a, b) for a, b in zip(x.tolist(), y.tolist())], dtype=torch.float64)
     rel = ((want - ref).abs() / ref).max().item()
     assert rel < 1e-13, rel
@@ -87,9 +101,10 @@ def test_torch_cpu_cumsum_is_left_to_right():
         assert torch.equal(acc, c[:, k])
 
 
+@pytest.mark.parametrize("backend,device", COMPILED)
 @pytest.mark.parametrize("capacity,fanout", CASES)
 @pytest.mark.parametrize("norm_global", [True, False])
-def test_sample_kernel_matches_twin(capacity, fanout, norm_global):
+def test_sample_kernel_matches_twin(backend, device, capacity, fanout, norm_global):
     st = random_tree(capacity, fanout, seed=capacity + fanout)
     B = 333
     g = torch.Generator().manual_seed(7)
@@ -99,9 +114,8 @@ def test_sample_kernel_matches_twin(capacity, fanout, norm_global):
     added = torch.tensor(capacity + 5, dtype=torch.int64)
     beta = torch.tensor([0.4], dtype=torch.float64)
     want = K.TORCH_OPS["sample"](st, r, added, beta, norm_global)
-    dst = on(st, TRITON_DEVICE)
-    got = K.TRITON_OPS["sample"](dst, r.to(TRITON_DEVICE), added.to(TRITON_DEVICE), beta.to(TRITON_DEVICE),
-                                 norm_global)
+    dst = on(st, device)
+    got = OPS[backend]["sample"](dst, r.to(device), added.to(device), beta.to(device), norm_global)
     for name, a, b in zip(("slots", "keys", "priorities", "weights"), got, want):
         if b is None:
             assert a is None
@@ -110,8 +124,9 @@ def test_sample_kernel_matches_twin(capacity, fanout, norm_global):
     assert (want[2] > 0).all(), "a zero-priority slot was sampled"
 
 
+@pytest.mark.parametrize("backend,device", COMPILED)
 @pytest.mark.parametrize("capacity,fanout", CASES)
-def test_update_kernel_matches_twin(capacity, fanout):
+def test_update_kernel_matches_twin(backend, device, capacity, fanout):
     st = random_tree(capacity, fanout, seed=3 * capacity + fanout)
     g = torch.Generator().manual_seed(capacity)
     added_n = capacity * 3 + 11
@@ -130,17 +145,18 @@ def test_update_kernel_matches_twin(capacity, fanout):
     twin = on(st, "cpu")
     K.TORCH_OPS["update"](twin, keys, td, added, 0.6, 1e-6)
     K.TORCH_OPS["refresh"](twin, keys)
-    dst = on(st, TRITON_DEVICE)
-    dk, dtd, da = keys.to(TRITON_DEVICE), td.to(TRITON_DEVICE), added.to(TRITON_DEVICE)
-    K.TRITON_OPS["update"](dst, dk, dtd, da, 0.6, 1e-6)
-    K.TRITON_OPS["refresh"](dst, dk)
+    dst = on(st, device)
+    dk, dtd, da = keys.to(device), td.to(device), added.to(device)
+    OPS[backend]["update"](dst, dk, dtd, da, 0.6, 1e-6)
+    OPS[backend]["refresh"](dst, dk)
     assert_same_state(dst, twin, "update")
     assert twin.counters[1].item() > 0 and twin.counters[0].item() > 0
 
 
+@pytest.mark.parametrize("backend,device", COMPILED)
 @pytest.mark.parametrize("capacity,fanout", CASES)
 @pytest.mark.parametrize("with_valid", [False, True])
-def test_insert_kernel_matches_twin(capacity, fanout, with_valid):
+def test_insert_kernel_matches_twin(backend, device, capacity, fanout, with_valid):
     st = random_tree(capacity, fanout, seed=5 * capacity + fanout)
     n = min(capacity, 129)
     keys = torch.arange(capacity * 2 - 3, capacity * 2 - 3 + n)
@@ -148,20 +164,21 @@ def test_insert_kernel_matches_twin(capacity, fanout, with_valid):
     twin = on(st, "cpu")
     K.TORCH_OPS["insert"](twin, keys, valid, 0.6)
     K.TORCH_OPS["refresh"](twin, keys)
-    dst = on(st, TRITON_DEVICE)
-    dk = keys.to(TRITON_DEVICE)
-    K.TRITON_OPS["insert"](dst, dk, None if valid is None else valid.to(TRITON_DEVICE), 0.6)
-    K.TRITON_OPS["refresh"](dst, dk)
+    dst = on(st, device)
+    dk = keys.to(device)
+    OPS[backend]["insert"](dst, dk, None if valid is None else valid.to(device), 0.6)
+    OPS[backend]["refresh"](dst, dk)
     assert_same_state(dst, twin, "insert")
 
 
-def test_buffers_on_both_backends_agree_end_to_end():
-    """A whole add/sample/update sequence: the triton and torch buffers stay bit-identical."""
+@pytest.mark.parametrize("backend,device", COMPILED)
+def test_buffers_on_both_backends_agree_end_to_end(backend, device):
+    """A whole add/sample/update sequence: the compiled and torch buffers stay bit-identical."""
     from gpu_replay import PrioritizedReplayBuffer
     spec = {"obs": ((2,), torch.float32), "a": ((), torch.int64)}
     bufs = [PrioritizedReplayBuffer(50, spec, device=dev, backend=be, fanout=4,
                                     generator=torch.Generator(device=dev).manual_seed(11))
-            for dev, be in ((TRITON_DEVICE, "torch"), (TRITON_DEVICE, "triton"))]
+            for dev, be in ((device, "torch"), (device, backend))]
     g = torch.Generator().manual_seed(2)
     for step in range(12):
         n = int(torch.randint(1, 30, (1,), generator=g))

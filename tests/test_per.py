@@ -11,7 +11,8 @@ from conftest import TRITON_DEVICE, assert_equal
 from gpu_replay import PrioritizedReplayBuffer, SumTree, kernels as K
 from gpu_replay._tree import tree_sample
 
-BACKENDS = [("cpu", "torch")] + ([(TRITON_DEVICE, "triton")] if K.HAVE_TRITON else [])
+BACKENDS = [("cpu", "torch")] + ([(TRITON_DEVICE, "triton")] if K.HAVE_TRITON else []) + \
+    ([("cpu", "numba")] if K.HAVE_NUMBA else [])
 
 
 def set_priorities(tree: SumTree, p: torch.Tensor):
@@ -19,8 +20,7 @@ def set_priorities(tree: SumTree, p: torch.Tensor):
     with alpha=1-equivalent: write leaves directly, then refresh ancestors."""
     n = p.shape[0]
     tree.state.leaves[:n] = p.to(tree.device)
-    K.TORCH_OPS["refresh"](tree.state, torch.arange(n, device=tree.device)) if tree.backend == "torch" else \
-        K.TRITON_OPS["refresh"](tree.state, torch.arange(n, device=tree.device))
+    K.TORCH_OPS["refresh"](tree.state, torch.arange(n, device=tree.device))
 
 
 def draw_counts(tree: SumTree, n_draws: int, B: int, seed: int) -> np.ndarray:
