@@ -5,6 +5,7 @@ import torch
 
 from ._storage import Storage, as_device, check_float, check_int, check_keys, check_mask
 from ._tree import DEFAULT_FANOUT, SumTree
+from .nstep import NStep
 
 
 class Batch:
@@ -57,11 +58,20 @@ class ReplayBuffer:
     ``{"obs": ((4, 84, 84), torch.uint8), "action": ((), torch.int64), "reward": ((), torch.float32)}``.
     Each field is one preallocated tensor [capacity, *shape] on ``device``.
 
-    - ``add(batch)``: a mapping of tensors or numpy arrays with a leading batch dim (any
-      device; dtypes that cast safely are converted). Returns int64 keys, monotonic; the row
-      lives at slot ``key % capacity`` until overwritten. A batch longer than the capacity
-      keeps its last ``capacity`` rows, as a ring would.
-    - ``sample(batch_size)``: rows drawn uniformly with replacement from the stored ones.
+    - ``add(batch, valid=None)``: a mapping of tensors or numpy arrays with a leading batch
+      dim (any device; dtypes that cast safely are converted). Returns int64 keys,
+      monotonic; the row lives at slot ``key % capacity`` until overwritten. A batch longer
+      than the capacity keeps its last ``capacity`` rows, as a ring would. Rows whose
+      ``valid`` is False are stored but never sampled.
+    - ``sample(batch_size)``: rows drawn uniformly with replacement from the stored (valid) ones.
+
+    n-step returns in the same object: pass ``n_step``, ``gamma`` and ``num_envs`` (and
+    gymnasium's ``autoreset_mode``) and feed it with ``step(obs, action, reward, next_obs,
+    terminated, truncated, **extra)``, one transition per env; ``spec`` then names the
+    per-step fields (``obs``, ``action`` and extras) and the stored rows also get
+    ``reward`` (n-step return), ``next_obs``, ``discount`` (gamma**k) and ``terminated``
+    (see ``gpu_replay.nstep.NStep``). The TD target is
+    ``reward + discount * (1 - terminated) * max_a Q(next_obs, a)``.
 
     Example::
 
@@ -74,13 +84,22 @@ class ReplayBuffer:
         (5, torch.Size([2, 3]))
     """
 
-    def __init__(self, capacity: int, spec, device=None, generator: torch.Generator | None = None):
+    def __init__(self, capacity: int, spec, device=None, generator: torch.Generator | None = None,
+                 n_step: int | None = None, gamma: float = 0.99, num_envs: int | None = None,
+                 autoreset_mode="next_step"):
         capacity = check_int(capacity, "capacity", 1, 2 ** 40)
         self.device = as_device(device)
+        self.nstep = None
+        if n_step is not None:
+            if num_envs is None:
+                raise ValueError("num_envs: expected the number of environments when n_step is given, got None")
+            self.nstep = NStep(num_envs, n_step, gamma, self.device, spec=spec, autoreset_mode=autoreset_mode)
+            spec = self.nstep.buffer_spec()
         self.storage = Storage(capacity, spec, self.device)
         self.generator = generator
         self.added = torch.zeros((), dtype=torch.int64, device=self.device)
         self.num_added = 0
+        self._valid_tree: SumTree | None = None  # made at the first add() with a mask
 
     @property
     def capacity(self) -> int:
@@ -93,10 +112,18 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return min(self.num_added, self.capacity)
 
-    def add(self, batch) -> torch.Tensor:
+    def add(self, batch, valid=None) -> torch.Tensor:
         n, tensors = self.storage.check_batch(batch)
+        valid = check_mask(valid, n, self.device)
+        if valid is not None and self._valid_tree is None:
+            # uniform over the valid rows = a sum tree with every valid row at priority 1
+            self._valid_tree = SumTree(self.capacity, alpha=0.0, device=self.device)
+            if self.num_added:
+                self._valid_tree.add(self.num_added)
         keys = self.added + torch.arange(n, dtype=torch.int64, device=self.device)
         self.storage.write(keys, tensors)
+        if self._valid_tree is not None:
+            self._valid_tree.add(n, valid)
         self.added.add_(n)
         self.num_added += n
         return keys
@@ -105,10 +132,29 @@ class ReplayBuffer:
         batch_size = check_int(batch_size, "batch_size", 1, 2 ** 31 - 1)
         if len(self) == 0:
             raise ValueError("sample: the buffer is empty; add rows first")
+        if self._valid_tree is not None:
+            keys, slots, _, _ = self._valid_tree._sample(batch_size, 0.0, self.generator, "global")
+            return Batch(self.storage.gather(slots), keys)
         slots = torch.randint(0, len(self), (batch_size,), generator=self.generator, device=self.device)
         a1 = self.added - 1
         keys = a1 - torch.remainder(a1 - slots, self.capacity)
         return Batch(self.storage.gather(slots), keys)
+
+    def step(self, obs, action, reward, next_obs, terminated, truncated, **kwargs) -> torch.Tensor | None:
+        """One environment step per env through the n-step windows; the transitions it
+        completes (exactly num_envs rows after the first n - 1 calls) are added. Returns
+        their keys, or None while the windows fill. Needs ``n_step`` at construction."""
+        if self.nstep is None:
+            raise ValueError("step: this buffer has no n-step stage; construct it with n_step=, gamma=, num_envs=")
+        out = self.nstep.step(obs, action, reward, next_obs, terminated, truncated, **kwargs)
+        return None if out is None else self.add(*out)
+
+    def flush(self) -> torch.Tensor | None:
+        """Add what is left in the n-step windows (the end of a run); returns its keys or None."""
+        if self.nstep is None:
+            raise ValueError("flush: this buffer has no n-step stage; construct it with n_step=, gamma=, num_envs=")
+        out = self.nstep.flush()
+        return None if out is None else self.add(*out)
 
 
 class PrioritizedReplayBuffer(ReplayBuffer):
@@ -121,6 +167,8 @@ class PrioritizedReplayBuffer(ReplayBuffer):
       the fields, ``keys``, ``weights`` (float32 IS weights (N P(i)) ** -beta, divided by
       their global max, i.e. (p_i / p_min) ** -beta; ``normalize="batch"`` divides by the
       batch max instead) and ``priorities``.
+    - ``step(...)`` / ``flush()`` with ``n_step=`` (see ``ReplayBuffer``): n-step rows go
+      straight in, the rows that only keep the shape fixed with priority 0.
     - ``update_priorities(keys, td_errors)``: p = (|d| + eps) ** alpha. A key whose row was
       overwritten since it was sampled is dropped (never applied to the newer row); NaN and
       inf TD errors are replaced by the running max and counted (``strict=True`` raises and
@@ -147,8 +195,10 @@ class PrioritizedReplayBuffer(ReplayBuffer):
 
     def __init__(self, capacity: int, spec, device=None, alpha: float = 0.6, eps: float = 1e-6,
                  backend: str = "auto", generator: torch.Generator | None = None,
-                 fanout: int = DEFAULT_FANOUT, normalize: str = "global", strict: bool = False):
-        super().__init__(capacity, spec, device, generator)
+                 fanout: int = DEFAULT_FANOUT, normalize: str = "global", strict: bool = False,
+                 n_step: int | None = None, gamma: float = 0.99, num_envs: int | None = None,
+                 autoreset_mode="next_step"):
+        super().__init__(capacity, spec, device, generator, n_step, gamma, num_envs, autoreset_mode)
         if normalize not in ("global", "batch"):
             raise ValueError(f"normalize: expected 'global' or 'batch', got {normalize!r}")
         self.tree = SumTree(self.capacity, fanout, alpha, eps, self.device, backend)

@@ -1,0 +1,82 @@
+"""The one-object pipeline: n-step windows feeding the buffer (``n_step=`` + ``step``)."""
+import pytest
+import torch
+
+from conftest import assert_equal
+from gpu_replay import NStep, PrioritizedReplayBuffer, ReplayBuffer
+
+SPEC = {"obs": ((3,), torch.float32), "action": ((), torch.int64), "aux_action": ((2,), torch.float32)}
+
+
+def stream(T, E, seed):
+    g = torch.Generator().manual_seed(seed)
+    for t in range(T):
+        obs = torch.randn(E, 3, generator=g)
+        yield dict(obs=obs, action=torch.randint(0, 4, (E,), generator=g), reward=torch.randn(E, generator=g),
+                   next_obs=obs + 1, terminated=torch.rand(E, generator=g) < 0.1,
+                   truncated=torch.rand(E, generator=g) < 0.05, aux_action=torch.randn(E, 2, generator=g))
+
+
+@pytest.mark.parametrize("cls", [ReplayBuffer, PrioritizedReplayBuffer])
+@pytest.mark.parametrize("n", [1, 3])
+def test_step_equals_nstep_then_add(cls, n):
+    E = 4
+    rb = cls(500, SPEC, n_step=n, gamma=0.9, num_envs=E, generator=torch.Generator().manual_seed(0))
+    ref = NStep(E, n, 0.9, spec=SPEC)
+    rows_all, valid_all = [], []
+    for tr in stream(40, E, seed=n):
+        keys = rb.step(**tr)
+        out = ref.step(**tr)
+        assert (keys is None) == (out is None)
+        if out is not None:
+            assert keys.shape == (E,)
+            rows_all.append(out[0])
+            valid_all.append(out[1])
+    rb.flush()
+    out = ref.flush()
+    if out is not None:
+        rows_all.append(out[0])
+        valid_all.append(out[1])
+    for name in rb.spec:
+        assert_equal(rb.storage.data[name][:len(rb)], torch.cat([r[name] for r in rows_all]), name)
+    valid = torch.cat(valid_all)
+    s = rb.sample(2000)
+    assert valid[s.keys].all(), "an invalid row (kept only for shape) was sampled"
+    if cls is PrioritizedReplayBuffer:
+        assert_equal(rb.tree.leaves[:len(rb)] == 0, ~valid, "invalid rows have priority 0")
+
+
+def test_one_step_pipeline_stores_plain_transitions():
+    E = 3
+    rb = PrioritizedReplayBuffer(100, SPEC, n_step=1, gamma=0.99, num_envs=E, autoreset_mode="disabled")
+    trs = list(stream(5, E, seed=7))
+    for tr in trs:
+        rb.step(**tr)
+    assert len(rb) == 15
+    d = rb.storage.data
+    assert_equal(d["reward"][:15], torch.cat([tr["reward"] for tr in trs]), "reward")
+    assert_equal(d["next_obs"][:15], torch.cat([tr["next_obs"] for tr in trs]), "next_obs")
+    assert_equal(d["terminated"][:15], torch.cat([tr["terminated"] for tr in trs]), "terminated")
+    assert torch.allclose(d["discount"][:15], torch.full((15,), 0.99))
+
+
+def test_step_without_n_step_and_bad_pipeline_arguments():
+    rb = PrioritizedReplayBuffer(10, SPEC)
+    with pytest.raises(ValueError, match="n_step"):
+        rb.step(**next(stream(1, 2, 0)))
+    with pytest.raises(ValueError, match="num_envs"):
+        PrioritizedReplayBuffer(10, SPEC, n_step=3)
+    with pytest.raises(ValueError, match="gamma"):
+        PrioritizedReplayBuffer(10, SPEC, n_step=3, gamma=1.5, num_envs=2)
+    with pytest.raises(ValueError, match="n"):
+        PrioritizedReplayBuffer(10, SPEC, n_step=0, num_envs=2)
+
+
+def test_uniform_buffer_with_validity_mask_skips_invalid_rows():
+    rb = ReplayBuffer(20, {"x": ((), torch.int64)}, generator=torch.Generator().manual_seed(3))
+    rb.add({"x": torch.arange(5)})  # before any mask: all valid
+    rb.add({"x": torch.arange(5, 15)}, valid=torch.arange(10) % 2 == 0)
+    s = rb.sample(3000)
+    got = set(s["x"].tolist())
+    assert got == {0, 1, 2, 3, 4, 5, 7, 9, 11, 13}
+    assert_equal(s["x"], s.keys, "keys")
