@@ -302,3 +302,37 @@ class SumTree:
         """Largest relative error of the stored sums against a float64 recomputation from the
         leaves (0.0 expected); math.inf if the min tree, padding or a leaf is wrong."""
         return tree_check(self.state, len(self))
+
+    def state_dict(self) -> dict:
+        """Everything, as CPU tensors and plain numbers (reads the device: a sync)."""
+        st = self.state
+        return {"capacity": st.capacity, "fanout": st.fanout, "alpha": st.alpha, "eps": st.eps,
+                "num_added": self.num_added, "added": int(self.added),
+                **{k: v.detach().to("cpu", copy=True) for k, v in st.tensors().items()}}
+
+    def _prepare_load(self, sd) -> callable:
+        """Check ``sd`` fully; return the function that commits it (nothing changes before)."""
+        from ._checkpoint import expect, tensor_like
+        if not isinstance(sd, dict):
+            raise ValueError(f"load_state_dict: tree: expected a dict, got {type(sd).__name__}")
+        st = self.state
+        for key, want in (("capacity", st.capacity), ("fanout", st.fanout), ("alpha", st.alpha), ("eps", st.eps)):
+            expect(sd.get(key) == want, f"tree.{key}", want, sd.get(key))
+        num_added, added = sd.get("num_added"), sd.get("added")
+        if not isinstance(num_added, int) or not isinstance(added, int) or num_added < 0 or added < num_added:
+            raise ValueError(f"load_state_dict: tree.num_added/added: expected ints 0 <= num_added <= added, "
+                             f"got {num_added!r}, {added!r}")
+        new = {k: tensor_like(sd, k, v.shape, v.dtype) for k, v in st.tensors().items()}
+
+        def commit():
+            for k, v in st.tensors().items():
+                v.copy_(new[k])
+            st.max_next.copy_(st.maxes)
+            self.added.fill_(added)
+            self.num_added = num_added
+        return commit
+
+    def load_state_dict(self, sd) -> None:
+        """Restore ``state_dict()`` output (from any device) into a tree of the same
+        capacity, fanout, alpha and eps; raises ValueError and changes nothing otherwise."""
+        self._prepare_load(sd)()

@@ -1,7 +1,12 @@
 """The replay buffers: uniform and prioritized, both device-resident rings of named fields."""
 from __future__ import annotations
 
+import functools
+import threading
+
 import torch
+
+from . import _checkpoint as ckpt
 
 from ._storage import Storage, as_device, check_float, check_int, check_keys, check_mask
 from ._tree import DEFAULT_FANOUT, SumTree
@@ -51,6 +56,15 @@ def linear_beta(step: int, total_steps: int, beta0: float = 0.4, beta1: float = 
     return round(beta0 + frac * (beta1 - beta0), 12)
 
 
+def _locked(method):
+    """Run a public method under the buffer's lock (see "Threads" in the class docstring)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run
+
+
 class ReplayBuffer:
     """Uniform replay over a device-resident ring of named fields.
 
@@ -72,6 +86,22 @@ class ReplayBuffer:
     ``reward`` (n-step return), ``next_obs``, ``discount`` (gamma**k) and ``terminated``
     (see ``gpu_replay.nstep.NStep``). The TD target is
     ``reward + discount * (1 - terminated) * max_a Q(next_obs, a)``.
+
+    Checkpoints: ``state_dict()`` / ``load_state_dict()`` hold the stored rows, keys and
+    cursor, the tree, the max priority, the counters, the n-step windows and the state of a
+    given ``generator``; ``save(path)`` writes them atomically (temporary file, fsync,
+    rename: a crash mid-save leaves the previous file intact) with a checksum, and
+    ``load(path)`` refuses a truncated, corrupt or mismatched (capacity, spec, version,
+    alpha, ...) file with a ValueError, leaving the buffer as it was. Files move freely
+    between CPU and CUDA buffers (a generator state is restored when the device kinds match).
+
+    Threads: every public call holds the buffer's lock for its whole duration, so an actor
+    thread adding while a learner samples and updates never sees a half-written row or a
+    half-updated tree: each call sees the state before or after another, never between.
+    On CUDA each call enqueues its work on the calling thread's current stream and returns
+    without waiting; the lock orders the enqueueing, so threads sharing one stream (the
+    default) are ordered on the device too. Threads on different streams must order them
+    themselves (e.g. ``torch.cuda.current_stream().wait_stream(other)``).
 
     Example::
 
@@ -100,6 +130,7 @@ class ReplayBuffer:
         self.added = torch.zeros((), dtype=torch.int64, device=self.device)
         self.num_added = 0
         self._valid_tree: SumTree | None = None  # made at the first add() with a mask
+        self._lock = threading.RLock()
 
     @property
     def capacity(self) -> int:
@@ -112,6 +143,7 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return min(self.num_added, self.capacity)
 
+    @_locked
     def add(self, batch, valid=None) -> torch.Tensor:
         n, tensors = self.storage.check_batch(batch)
         valid = check_mask(valid, n, self.device)
@@ -128,6 +160,7 @@ class ReplayBuffer:
         self.num_added += n
         return keys
 
+    @_locked
     def sample(self, batch_size: int) -> Batch:
         batch_size = check_int(batch_size, "batch_size", 1, 2 ** 31 - 1)
         if len(self) == 0:
@@ -140,6 +173,7 @@ class ReplayBuffer:
         keys = a1 - torch.remainder(a1 - slots, self.capacity)
         return Batch(self.storage.gather(slots), keys)
 
+    @_locked
     def step(self, obs, action, reward, next_obs, terminated, truncated, **kwargs) -> torch.Tensor | None:
         """One environment step per env through the n-step windows; the transitions it
         completes (exactly num_envs rows after the first n - 1 calls) are added. Returns
@@ -149,12 +183,87 @@ class ReplayBuffer:
         out = self.nstep.step(obs, action, reward, next_obs, terminated, truncated, **kwargs)
         return None if out is None else self.add(*out)
 
+    @_locked
     def flush(self) -> torch.Tensor | None:
         """Add what is left in the n-step windows (the end of a run); returns its keys or None."""
         if self.nstep is None:
             raise ValueError("flush: this buffer has no n-step stage; construct it with n_step=, gamma=, num_envs=")
         out = self.nstep.flush()
         return None if out is None else self.add(*out)
+
+
+    # ------------------------------------------------------------------ checkpoints
+    def _config(self) -> dict:
+        return {"kind": type(self).__name__, "capacity": self.capacity, "spec": ckpt.spec_to_state(self.spec)}
+
+    @_locked
+    def state_dict(self) -> dict:
+        """Everything needed to resume, as CPU tensors and plain values (reads the device)."""
+        n = len(self)
+        g = self.generator
+        return {
+            "format": "gpu_replay", "version": ckpt.FORMAT_VERSION, **self._config(),
+            "num_added": self.num_added, "added": int(self.added),
+            "data": {k: v[:n].detach().to("cpu", copy=True) for k, v in self.storage.data.items()},
+            "tree": self._tree_state(),
+            "nstep": None if self.nstep is None else _cpu(self.nstep.state_dict()),
+            "generator": None if g is None else {"device": g.device.type, "state": g.get_state()},
+        }
+
+    def _tree_state(self):
+        return None if self._valid_tree is None else self._valid_tree.state_dict()
+
+    def _prepare_tree(self, sd):
+        if sd is None:
+            return lambda: setattr(self, "_valid_tree", None)
+        tree = SumTree(self.capacity, alpha=0.0, device=self.device)
+        commit = tree._prepare_load(sd)
+        return lambda: (commit(), setattr(self, "_valid_tree", tree))
+
+    @_locked
+    def load_state_dict(self, sd) -> None:
+        """Restore ``state_dict()``/``load()`` output. Everything is checked first: a
+        mismatch (kind, capacity, spec, version, alpha, ...) raises ValueError and changes nothing."""
+        if not isinstance(sd, dict) or sd.get("format") != "gpu_replay":
+            raise ValueError("load_state_dict: not a gpu_replay state dict")
+        ckpt.expect(sd.get("version") == ckpt.FORMAT_VERSION, "version", ckpt.FORMAT_VERSION, sd.get("version"))
+        for key, want in self._config().items():
+            ckpt.expect(sd.get(key) == want, key, want, sd.get(key))
+        num_added, added = sd.get("num_added"), sd.get("added")
+        if not isinstance(num_added, int) or not isinstance(added, int) or not 0 <= num_added <= added:
+            raise ValueError(f"load_state_dict: num_added/added: expected ints 0 <= num_added <= added, "
+                             f"got {num_added!r}, {added!r}")
+        n = min(num_added, self.capacity)
+        data = sd.get("data")
+        if not isinstance(data, dict) or set(data) != set(self.spec):
+            raise ValueError(f"load_state_dict: data: expected fields {list(self.spec)}")
+        rows = {k: ckpt.tensor_like(data, k, (n, *shape), dt) for k, (shape, dt) in self.spec.items()}
+        commit_tree = self._prepare_tree(sd.get("tree"))
+        ckpt.expect((sd.get("nstep") is None) == (self.nstep is None), "n-step stage",
+                    self.nstep is not None, sd.get("nstep") is not None)
+        gen = sd.get("generator")
+        if self.nstep is not None:
+            self.nstep.load_state_dict(sd["nstep"])  # checks fully before it changes anything
+        commit_tree()
+        for k, buf in self.storage.data.items():
+            buf[:n].copy_(rows[k])
+            buf[n:].zero_()
+        self.added.fill_(added)
+        self.num_added = num_added
+        if gen is not None and self.generator is not None and gen["device"] == self.generator.device.type:
+            self.generator.set_state(gen["state"])
+
+    def save(self, path) -> None:
+        """Write ``state_dict()`` to ``path`` atomically (see the class docstring)."""
+        ckpt.save_atomic(self.state_dict(), path)
+
+    def load(self, path) -> None:
+        """Load a file written by ``save``; a bad file raises ValueError, changing nothing."""
+        self.load_state_dict(ckpt.load_checked(path))
+
+
+def _cpu(sd: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v for k, v in sd.items()}
 
 
 class PrioritizedReplayBuffer(ReplayBuffer):
@@ -218,6 +327,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
     def eps(self) -> float:
         return self.tree.eps
 
+    @_locked
     def add(self, batch, valid=None) -> torch.Tensor:
         n, tensors = self.storage.check_batch(batch)
         valid = check_mask(valid, n, self.device)
@@ -227,13 +337,25 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         self.num_added += n
         return keys
 
+    @_locked
     def sample(self, batch_size: int, beta: float = 0.4) -> Batch:
         keys, slots, prio, w = self.tree._sample(batch_size, beta, self.generator, self.normalize)
         return Batch(self.storage.gather(slots), keys, w, prio)
 
+    @_locked
     def update_priorities(self, keys, td_errors) -> None:
         self.tree.update(keys, td_errors, strict=self.strict)
 
+    def _config(self) -> dict:
+        return {**super()._config(), "fanout": self.tree.state.fanout, "alpha": self.alpha, "eps": self.eps}
+
+    def _tree_state(self):
+        return self.tree.state_dict()
+
+    def _prepare_tree(self, sd):
+        return self.tree._prepare_load(sd)
+
+    @_locked
     def stats(self) -> dict:
         """{"sanitized": NaN/inf TD errors replaced, "stale_dropped": updates dropped because
         the row had been overwritten, "max_raw_priority": running max of |d| + eps}.
