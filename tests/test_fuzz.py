@@ -1,0 +1,149 @@
+"""Model-based fuzzing of the public API against an obviously-correct Python model of PER.
+
+Random adds (with validity masks), samples, updates with stale, future, negative and
+duplicate keys and NaN/inf/negative TD errors, and save/load round trips; after every step
+the stored rows, the priorities, the counters and the tree invariants must match the model.
+"""
+import math
+import tempfile
+from pathlib import Path
+
+import hypothesis.strategies as st
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from conftest import TRITON_DEVICE
+from gpu_replay import PrioritizedReplayBuffer, kernels
+
+ALPHA, EPS = 0.5, 1e-3
+TD = st.one_of(st.floats(-1e6, 1e6, allow_nan=False, width=32), st.sampled_from([float("nan"), float("inf"),
+                                                                                  -float("inf"), 0.0, -0.0]))
+
+
+class Model:
+    """Prioritized replay, the slow and plain way."""
+
+    def __init__(self, capacity):
+        self.capacity = capacity
+        self.rows = {}  # slot -> (key, value)
+        self.prio = {}  # slot -> p
+        self.added = 0
+        self.max_raw = 1.0
+        self.max_p = 1.0
+        self.sanitized = 0
+        self.dropped = 0
+
+    def add(self, values, valid):
+        keys = list(range(self.added, self.added + len(values)))
+        for k, v, ok in zip(keys, values, valid):
+            self.rows[k % self.capacity] = (k, v)
+            self.prio[k % self.capacity] = self.max_p if ok else 0.0
+        self.added += len(values)
+        return keys
+
+    def update(self, keys, tds):
+        new_raw, new_p = self.max_raw, self.max_p
+        for k, d in zip(keys, tds):
+            if not max(self.added - self.capacity, 0) <= k < self.added:
+                self.dropped += 1
+                continue
+            raw = abs(d) + EPS
+            bad = not math.isfinite(raw)
+            if bad:
+                raw = self.max_raw
+                self.sanitized += 1
+            p = raw ** ALPHA
+            self.prio[k % self.capacity] = p  # the last write of a duplicate wins
+            if not bad:
+                new_raw, new_p = max(new_raw, raw), max(new_p, p)
+        self.max_raw, self.max_p = new_raw, new_p
+
+
+class PERMachine(RuleBasedStateMachine):
+    backend = "numba"
+    device = "cpu"
+
+    @initialize(capacity=st.integers(1, 19), fanout=st.sampled_from([2, 4, 8]))
+    def setup(self, capacity, fanout):
+        self.rb = PrioritizedReplayBuffer(capacity, {"v": ((), torch.int64), "x": ((2,), torch.float32)},
+                                          device=self.device, backend=self.backend, fanout=fanout, alpha=ALPHA,
+                                          eps=EPS, generator=torch.Generator(device=self.device).manual_seed(0))
+        self.model = Model(capacity)
+        self.counter = 0
+        self.dir = Path(tempfile.mkdtemp())
+
+    @rule(n=st.integers(1, 25), data=st.data())
+    def add(self, n, data):
+        valid = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+        values = list(range(self.counter, self.counter + n))
+        self.counter += n
+        keys = self.rb.add({"v": torch.tensor(values), "x": torch.tensor(values, dtype=torch.float32)[:, None]
+                            .repeat(1, 2)}, valid=torch.tensor(valid))
+        assert keys.tolist() == self.model.add(values, valid)
+
+    @precondition(lambda self: self.model.added > 0)
+    @rule(data=st.data())
+    def update(self, data):
+        lo, hi = self.model.added - self.model.capacity - 3, self.model.added + 3
+        keys = data.draw(st.lists(st.integers(min(lo, -2), hi), min_size=1, max_size=12))
+        if len(keys) > 2 and data.draw(st.booleans()):
+            keys[-1] = keys[0]  # a duplicate, last one wins
+        tds = data.draw(st.lists(TD, min_size=len(keys), max_size=len(keys)))
+        self.rb.update_priorities(torch.tensor(keys), torch.tensor(tds, dtype=torch.float32))
+        self.model.update(keys, [float(torch.tensor(d, dtype=torch.float32)) for d in tds])
+
+    @precondition(lambda self: any(p > 0 for p in self.model.prio.values()))
+    @rule(B=st.integers(1, 40), beta=st.floats(0.0, 1.0))
+    def sample(self, B, beta):
+        s = self.rb.sample(B, beta=beta)
+        keys, w = s.keys.cpu().tolist(), s.weights.cpu().tolist()
+        pmin = min(p for p in self.model.prio.values() if p > 0)
+        for k, v, wi in zip(keys, s["v"].cpu().tolist(), w):
+            slot = k % self.model.capacity
+            assert self.model.rows[slot] == (k, v), "a sampled row is not the row of its key"
+            p = self.model.prio[slot]
+            assert p > 0, "sampled a zero-priority row"
+            assert math.isclose(wi, (p / pmin) ** -beta, rel_tol=1e-5), (wi, p, pmin, beta)
+
+    @rule()
+    def save_and_load(self):
+        path = self.dir / "ckpt"
+        self.rb.save(path)
+        fresh = PrioritizedReplayBuffer(self.model.capacity, self.rb.spec, device=self.device, backend=self.backend,
+                                        fanout=self.rb.tree.state.fanout, alpha=ALPHA, eps=EPS,
+                                        generator=torch.Generator(device=self.device))
+        fresh.load(path)
+        self.rb = fresh
+
+    @invariant()
+    def matches_model(self):
+        if not hasattr(self, "rb"):
+            return
+        rb, m = self.rb, self.model
+        assert len(rb) == min(m.added, m.capacity)
+        leaves = rb.tree.leaves.cpu().tolist()
+        v = rb.storage.data["v"].cpu().tolist()
+        for slot in range(m.capacity):
+            if slot in m.rows:
+                assert v[slot] == m.rows[slot][1]
+                assert math.isclose(leaves[slot], m.prio[slot], rel_tol=1e-12), (slot, leaves[slot], m.prio[slot])
+            else:
+                assert leaves[slot] == 0.0
+        st_ = rb.stats()
+        assert st_["sanitized"] == m.sanitized and st_["stale_dropped"] == m.dropped
+        assert math.isclose(st_["max_raw_priority"], m.max_raw, rel_tol=1e-12)
+        assert math.isclose(st_["max_priority"], m.max_p, rel_tol=1e-12)
+        assert rb.tree.check() == 0.0
+
+
+SETTINGS = settings(max_examples=40, stateful_step_count=25, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+TestNumba = pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba not installed")(
+    SETTINGS(type("NumbaMachine", (PERMachine,), {"backend": "numba"})).TestCase)
+TestTorch = SETTINGS(type("TorchMachine", (PERMachine,), {"backend": "torch"})).TestCase
+TestTriton = pytest.mark.skipif(not kernels.HAVE_TRITON, reason="triton not installed")(
+    settings(SETTINGS, max_examples=8)(type("TritonMachine", (PERMachine,),
+                                            {"backend": "triton", "device": TRITON_DEVICE})).TestCase)
