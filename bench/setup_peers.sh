@@ -57,7 +57,7 @@ if [[ $do_system == 1 ]]; then
     || log "WARNING: some system peers failed to install (they will be reported as skipped)"
   "$PY" -m pip install -q -c "$cons" --no-deps "tianshou==2.0.1" \
     || log "WARNING: tianshou failed to install (reported as skipped)"
-  "$PY" -m pip install -q -c "$cons" "flashbax==0.1.3" "jax[cpu]" \
+  "$PY" -m pip install -q -c "$cons" "flashbax==0.1.3" "jax[cpu]==0.10.2" \
     || log "WARNING: flashbax/jax failed to install (reported as skipped)"
   after=$("$PY" -c 'import torch; print(torch.__version__)')
   if [[ "$after" != "$sys_torch" ]]; then

@@ -59,10 +59,19 @@ class PeerEntry:
     def make(self, capacity: int, spec_kind: str = "vec8", device: str = "cpu"):
         import importlib
 
-        return importlib.import_module(f"{__name__}.{self.module}").make(capacity, spec_kind, device)
+        from ._core import split_name
+
+        return importlib.import_module(f"{__name__}.{self.module}").make(capacity, spec_kind, device,
+                                                                        **split_name(self.name)[1])
 
 
 REGISTRY: dict[str, PeerEntry] = {
+    "gpu_replay:numba": PeerEntry("gpu_replay:numba", "gpu_replay, numba backend (CPU)",
+                                  PEER_MODULES["gpu_replay"], ("gpu_replay", "numba"), ("cpu",)),
+    "gpu_replay:torch": PeerEntry("gpu_replay:torch", "gpu_replay, torch backend",
+                                  PEER_MODULES["gpu_replay"], ("gpu_replay",), ("cpu", "cuda")),
+    "gpu_replay:triton": PeerEntry("gpu_replay:triton", "gpu_replay, Triton backend (CUDA)",
+                                   PEER_MODULES["gpu_replay"], ("gpu_replay", "triton"), ("cuda",)),
     "seeds_sumtree": PeerEntry("seeds_sumtree", "seeds' SumTree (Python loop per item, numpy heap)",
                                PEER_MODULES["seeds_sumtree"], ("numpy",), ("cpu",)),
     "cpprb": PeerEntry("cpprb", "cpprb PrioritizedReplayBuffer (C++)",
@@ -145,13 +154,14 @@ def estimate_bytes(name: str, capacity: int, spec_kind: str = "vec8") -> int:
     """Rough peak memory of building and filling `name` at `capacity` (for capping)."""
     rb = row_bytes(spec_kind)
     per_row = {
+        "gpu_replay": rb + 20,
         "seeds_sumtree": rb + 16,
         "cpprb": rb + 16,
         "tianshou": 2 * rb + 24,       # fill stages arrays, then the Batch holds them
         "torchrl": rb + 16,
         "flashbax": 2 * (rb - rb // 2) + 16,  # next_obs not stored; donation keeps one copy
         "torch_cumsum": rb + 4,
-    }[name]
+    }[name.partition(":")[0]]
     return int(capacity * per_row * 1.2) + (64 << 20)
 
 
@@ -187,6 +197,12 @@ def _run_subprocess(name: str, args: dict, timeout: float | None) -> dict:
     tail = (r.stderr.strip() or r.stdout.strip())[-800:]
     return {"error": f"runner exited {r.returncode} without a result "
                      f"(killed for memory if -9): {tail}"}
+
+
+def _torch_threads() -> int | None:
+    if "torch" not in sys.modules:
+        return None
+    return sys.modules["torch"].get_num_threads()
 
 
 def time_peer(
@@ -227,10 +243,16 @@ def time_peer(
         out = _run_subprocess(name, args, timeout)
         interp = peer_python(name)
     else:
+        threads = _torch_threads()
         try:
             out = measure(**args)
         except Exception as ex:  # noqa: BLE001 - a peer's failure is a result
             out = {"error": f"{type(ex).__name__}: {ex}"[:500]}
+        finally:
+            if threads:  # measure() set one thread; give the caller its setting back
+                import torch
+
+                torch.set_num_threads(threads)
         interp = sys.executable
     if meta is not None:
         meta.update(out.get("meta", {}))

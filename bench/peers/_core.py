@@ -35,6 +35,7 @@ SPECS: dict[str, dict[str, tuple[tuple[int, ...], Any]]] = {
 
 # module (inside this package) of each peer, in the order tables show them
 PEER_MODULES: dict[str, str] = {
+    "gpu_replay": "peer_gpu_replay",
     "seeds_sumtree": "seeds_sumtree",
     "cpprb": "peer_cpprb",
     "tianshou": "peer_tianshou",
@@ -43,7 +44,10 @@ PEER_MODULES: dict[str, str] = {
     "torch_cumsum": "peer_torch_cumsum",
 }
 
-OPS = ("sample", "update", "add")
+OPS = ("sample", "update", "add", "cycle")
+# the training-step cycle: add CYCLE_ADD rows (one step of that many envs), sample(B) with IS
+# weights, update(B) with the keys it returned, timed as one
+CYCLE_ADD = 16
 
 
 class PeerUnavailable(Exception):
@@ -134,10 +138,17 @@ def limit_threads() -> None:
         pass
 
 
+def split_name(name: str) -> tuple[str, dict]:
+    """"gpu_replay:numba" -> ("gpu_replay", {"backend": "numba"}); plain names -> (name, {})."""
+    base, _, variant = name.partition(":")
+    return base, ({"backend": variant} if variant else {})
+
+
 def load_peer(name: str):
-    if name not in PEER_MODULES:
+    base, _ = split_name(name)
+    if base not in PEER_MODULES:
         raise KeyError(f"unknown peer {name!r} (known: {list(PEER_MODULES)})")
-    return importlib.import_module(f"{__package__}.{PEER_MODULES[name]}")
+    return importlib.import_module(f"{__package__}.{PEER_MODULES[base]}")
 
 
 def _median_us(times: list[float]) -> float:
@@ -161,6 +172,34 @@ def _time_calls(fn, args_iter, repeats: int, warmup: int, max_seconds: float, sy
     return _median_us(times)
 
 
+def _time_sample_update(peer, B, beta, rng, prep_pr, repeats, warmup, max_seconds, sync):
+    """The training-loop pattern: sample(B) then update() of the keys it returned, each
+    timed on its own. Fresh keys every update (repeating one key set would keep its tree
+    paths in cache, and lazy trees such as cpprb's defer work to the call after a sample)."""
+    ts: list[float] = []
+    tu: list[float] = []
+    budget_end = None
+    for i in range(warmup + repeats):
+        if i == warmup:
+            budget_end = time.perf_counter() + max_seconds
+        t0 = time.perf_counter()
+        keys = peer.sample(B, beta)
+        sync()
+        t1 = time.perf_counter()
+        pr = prep_pr(td_errors(rng, B))
+        sync()
+        t2 = time.perf_counter()
+        peer.update(keys, pr)
+        sync()
+        t3 = time.perf_counter()
+        if i >= warmup:
+            ts.append(t1 - t0)
+            tu.append(t3 - t2)
+            if len(ts) >= 5 and time.perf_counter() > budget_end:
+                break
+    return _median_us(ts), _median_us(tu)
+
+
 def _cycle(items):
     while True:
         yield from items
@@ -181,10 +220,13 @@ def measure(
 ) -> dict:
     """In-process measurement. Returns {"results": {op: {B: us}}, "meta": {...}} or
     {"skipped": reason}. Raises on a genuine failure (the caller reports it)."""
+    unknown = set(ops) - set(OPS)
+    if unknown:
+        raise ValueError(f"unknown ops {sorted(unknown)} (known: {OPS})")
     limit_threads()
     try:
         mod = load_peer(name)
-        peer = mod.make(int(capacity), spec_kind, device=device)
+        peer = mod.make(int(capacity), spec_kind, device=device, **split_name(name)[1])
     except PeerUnavailable as e:
         return {"skipped": str(e)}
     except ImportError as e:
@@ -197,37 +239,47 @@ def measure(
         "spec_kind": spec_kind,
         "device": device,
     }
+    try:
+        return _run_ops(peer, meta, capacity, batch_sizes, ops, repeats, warmup, max_seconds,
+                        seed, beta, sync)
+    except PeerUnavailable as e:  # e.g. a batch size the peer's layout cannot take
+        return {"skipped": str(e)}
+
+
+def _run_ops(peer, meta, capacity, batch_sizes, ops, repeats, warmup, max_seconds, seed,
+             beta, sync) -> dict:
     t0 = time.perf_counter()
     peer.fill(int(capacity))
     sync()
     meta["fill_s"] = time.perf_counter() - t0
     rng = np.random.default_rng(seed + 1)
     results: dict[str, dict[int, float]] = {op: {} for op in ops}
-    for op in ops:
-        for B in batch_sizes:
-            B = int(B)
-            if op == "sample":
-                results[op][B] = _time_calls(
-                    peer.sample, _cycle([(B, beta)]), repeats, warmup, max_seconds, sync
-                )
-            elif op == "update":
-                sets = []
-                for _ in range(4):
-                    keys = peer.sample(B, beta)
-                    pr = td_errors(rng, B)
-                    prep = getattr(peer, "prepare_priorities", None)
-                    sets.append((keys, prep(pr) if prep else pr))
-                sync()
-                results[op][B] = _time_calls(
-                    peer.update, _cycle(sets), repeats, warmup, max_seconds, sync
-                )
-            elif op == "add":
-                prep = getattr(peer, "prepare_add", None)
-                if prep:
-                    prep(B)
-                results[op][B] = _time_calls(
-                    peer.add, _cycle([(B,)]), repeats, warmup, max_seconds, sync
-                )
-            else:
-                raise ValueError(f"unknown op {op!r}")
+    prep_pr = getattr(peer, "prepare_priorities", None) or (lambda x: x)
+    for B in (int(b) for b in batch_sizes):
+        if "sample" in ops or "update" in ops:
+            ts, tu = _time_sample_update(peer, B, beta, rng, prep_pr, repeats, warmup,
+                                         max_seconds, sync)
+            if "sample" in ops:
+                results["sample"][B] = ts
+            if "update" in ops:
+                results["update"][B] = tu
+        if "add" in ops:
+            prep = getattr(peer, "prepare_add", None)
+            if prep:
+                prep(B)
+            results["add"][B] = _time_calls(
+                peer.add, _cycle([(B,)]), repeats, warmup, max_seconds, sync
+            )
+        if "cycle" in ops:
+            prep = getattr(peer, "prepare_add", None)
+            if prep:
+                prep(CYCLE_ADD)
+            prios = [prep_pr(td_errors(rng, B)) for _ in range(8)]
+
+            def one_cycle(pr, B=B):
+                peer.add(CYCLE_ADD)
+                peer.update(peer.sample(B, beta), pr)
+
+            results["cycle"][B] = _time_calls(one_cycle, _cycle([(p,) for p in prios]), repeats, warmup,
+                                              max_seconds, sync)
     return {"results": results, "meta": meta}

@@ -4,9 +4,12 @@ flashbax's flat buffer stores time steps in a [rows, time] grid and samples (t, 
 so a transition's next_obs is the next step's obs: a time step here holds obs, action,
 reward, done, and sample() gathers both steps (first/second) of every pair.
 
-flashbax fixes the number of rows added per call when the buffer is made; add(B) adds a
-[rows, B // rows] block of sequences (rows = 16 by default, $PEERS_FLASHBAX_ROWS), which
-lets one state serve every B that is a multiple of rows (capacity must be one too).
+flashbax fixes the number of rows added per call (add_batch_size) when the buffer is made.
+add(B) is flashbax's idiom for B parallel environments: a [B, 1] block into a buffer made
+with B rows, so prepare_add(B) rebuilds and refills the buffer with B rows (untimed; the
+capacity becomes (capacity // B) * B, as flashbax truncates it for its users). With
+$PEERS_FLASHBAX_ROWS=R the layout stays R rows and add(B) adds [R, B // R] sequences
+instead (about half the time of [B, 1] at B=1024 here).
 Functions are jitted the way flashbax's README does (add and set_priorities donate the
 state); sample() is jitted per B and also computes the IS weights (N P(i)) ** -beta / max
 from the returned probabilities and splits the PRNG key. Each call ends with
@@ -33,25 +36,39 @@ class FlashbaxBuffer:
 
         self.fbx, self.jax, self.jnp = fbx, jax, jnp
         self.version = f"flashbax {_dist_version('flashbax')} (jax {jax.__version__})"
-        self.capacity = int(capacity)
+        self.requested_capacity = int(capacity)
         self.spec_kind = spec_kind
-        self.rows = int(os.environ.get("PEERS_FLASHBAX_ROWS", "16"))
-        if self.capacity % self.rows:
-            raise PeerUnavailable(f"capacity {capacity} is not a multiple of {self.rows} rows")
+        env_rows = os.environ.get("PEERS_FLASHBAX_ROWS")
+        self.fixed_rows = int(env_rows) if env_rows else None
         self.fdev = "gpu" if device.startswith("cuda") else "cpu"
         f = spec(spec_kind)
         # a time step: obs, action, reward, done (next_obs comes from the next step)
         self.step_fields = {k: f[k] for k in ("obs", "action", "reward", "done")}
-        self._buffers: dict[int, object] = {}
-        base = self._buffer(1024)
-        self._add = jax.jit(base.add, donate_argnums=0)
-        self._set = jax.jit(base.set_priorities, donate_argnums=0)
-        example = {k: jnp.zeros(s, dtype=d) for k, (s, d) in self.step_fields.items()}
-        self.state = base.init(example)
         self.key = jax.random.PRNGKey(0)
+        self.eps = 1e-6
+        self._filled = 0
+        self._layout(self.fixed_rows or 16)
+
+    def _layout(self, rows: int) -> None:
+        """(Re)build buffer functions and an empty state for `rows` rows per add."""
+        jax, jnp = self.jax, self.jnp
+        if rows > self.requested_capacity // 2:
+            raise PeerUnavailable(f"{rows} rows per add leave no time axis at this capacity")
+        self.rows = rows
+        # flashbax keeps max_length // rows steps per row (it truncates, as for its users)
+        self.T = self.requested_capacity // rows
+        self.capacity = self.T * rows
+        self._buffers: dict[int, object] = {}
         self._samplers: dict[int, object] = {}
         self._block = None
-        self.eps = 1e-6
+        self.state = None  # release the old state before allocating the new one
+        base = self._buffer(1)  # add/set_priorities do not depend on the sample size
+        self._add = jax.jit(base.add, donate_argnums=0)
+        self._set = jax.jit(base.set_priorities, donate_argnums=0)
+        # JAX without x64 stores int64 as int32 (as a flashbax user gets by default)
+        example = {k: jnp.zeros(s, dtype=np.int32 if np.dtype(d) == np.int64 else d)
+                   for k, (s, d) in self.step_fields.items()}
+        self.state = base.init(example)
 
     def _buffer(self, sample_B: int):
         if sample_B not in self._buffers:
@@ -88,13 +105,18 @@ class FlashbaxBuffer:
     def _put(self, rows: dict, T: int):
         # [rows * T] -> [rows, T] per field
         jnp = self.jnp
-        return {k: jnp.asarray(rows[k].reshape(self.rows, T, *rows[k].shape[1:]))
-                for k in self.step_fields}
+        out = {}
+        for k in self.step_fields:
+            v = rows[k].reshape(self.rows, T, *rows[k].shape[1:])
+            out[k] = jnp.asarray(v.astype(np.int32) if v.dtype == np.int64 else v)
+        return out
 
     def fill(self, n: int) -> None:
         jnp = self.jnp
-        n = int(n)
+        n = min(int(n), self.capacity)
+        self._filled = n
         chunk_T = max(1, (1 << 16) // self.rows) if self.spec_kind == "vec8" else max(1, 1024 // self.rows)
+        chunk_T = min(chunk_T, self.T)
         pos = 0
         tds = []
         pending = None
@@ -121,6 +143,11 @@ class FlashbaxBuffer:
         self.sync()
 
     def prepare_add(self, B: int) -> None:
+        if self.fixed_rows is None and B != self.rows:
+            # B parallel environments, one step each: a [B, 1] add, flashbax's flat-buffer
+            # idiom; the buffer is rebuilt and refilled with B rows (untimed)
+            self._layout(B)
+            self.fill(self._filled or self.capacity)
         if B % self.rows:
             raise PeerUnavailable(f"add({B}) is not a multiple of {self.rows} rows")
         rows = make_rows(self.spec_kind, B, np.random.default_rng(7))
