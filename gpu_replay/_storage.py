@@ -159,11 +159,27 @@ class Storage:
             raise ValueError(f"batch: expected at least one row, got batch size {n}")
         return n, out
 
-    def write(self, keys: torch.Tensor, tensors: dict[str, torch.Tensor]) -> None:
+    def write(self, keys: torch.Tensor, tensors: dict[str, torch.Tensor], first_key: int | None = None) -> None:
+        """Rows i at slot keys[i] % capacity. On the CPU, where the host's count of rows is
+        the device's, ``first_key`` turns the scatter into at most two slice copies; on
+        CUDA the slots come from the device keys (so a captured graph writes new slots on
+        every replay)."""
         n = keys.shape[0]
         if n > self.capacity:  # only the last C rows survive
             keys = keys[n - self.capacity:]
             tensors = {k: v[n - self.capacity:] for k, v in tensors.items()}
+            if first_key is not None:
+                first_key += n - self.capacity
+            n = self.capacity
+        if first_key is not None and self.device.type == "cpu":
+            a = first_key % self.capacity
+            n1 = min(n, self.capacity - a)
+            for name, buf in self.data.items():
+                t = tensors[name]
+                buf[a:a + n1].copy_(t[:n1])
+                if n1 < n:
+                    buf[:n - n1].copy_(t[n1:])
+            return
         slots = torch.remainder(keys, self.capacity)
         for name, buf in self.data.items():
             t = tensors[name].to(device=self.device, dtype=buf.dtype).contiguous()

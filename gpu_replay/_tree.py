@@ -106,9 +106,10 @@ class TreeState:
         return {"sums": self.sums, "mins": self.mins, "maxes": self.maxes, "counters": self.counters}
 
 
-def tree_add(state: TreeState, backend: str, added: torch.Tensor, n: int, valid=None) -> torch.Tensor:
-    """Give the next n keys, enter them with the max priority (0 where ``valid`` is False)."""
-    keys = added + torch.arange(n, dtype=torch.int64, device=added.device)
+def tree_add(state: TreeState, backend: str, added: torch.Tensor, keys: torch.Tensor, valid=None) -> None:
+    """Enter ``keys`` (the next n keys: added + 0..n-1) with the max priority (0 where
+    ``valid`` is False) and advance ``added``."""
+    n = keys.shape[0]
     tail, tvalid = keys, valid
     if n > state.capacity:  # only the last C rows of the batch survive the ring
         tail = keys[n - state.capacity:]
@@ -117,7 +118,6 @@ def tree_add(state: TreeState, backend: str, added: torch.Tensor, n: int, valid=
     ops["insert"](state, tail, tvalid, state.alpha)
     ops["refresh"](state, tail)
     added.add_(n)
-    return keys
 
 
 def tree_update(state: TreeState, backend: str, added: torch.Tensor, keys: torch.Tensor, td: torch.Tensor) -> None:
@@ -239,9 +239,14 @@ class SumTree:
         from ._storage import check_int, check_mask
         n = check_int(n, "n", 1)
         valid = check_mask(valid, n, self.device)
-        keys = tree_add(self.state, self.backend, self.added, n, valid)
-        self.num_added += n
+        keys = self.added + torch.arange(n, dtype=torch.int64, device=self.device)
+        self._add(keys, valid)
         return keys
+
+    def _add(self, keys: torch.Tensor, valid: torch.Tensor | None) -> None:
+        """``add`` with the keys already made (added + 0..n-1) and the mask checked."""
+        tree_add(self.state, self.backend, self.added, keys, valid)
+        self.num_added += keys.shape[0]
 
     def update(self, keys, td_errors, strict: bool = False) -> None:
         """Set p = (|d| + eps) ** alpha for live keys (see the class docstring for the rules).

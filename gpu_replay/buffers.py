@@ -153,7 +153,7 @@ class ReplayBuffer:
             if self.num_added:
                 self._valid_tree.add(self.num_added)
         keys = self.added + torch.arange(n, dtype=torch.int64, device=self.device)
-        self.storage.write(keys, tensors)
+        self.storage.write(keys, tensors, self.num_added)
         if self._valid_tree is not None:
             self._valid_tree.add(n, valid)
         self.added.add_(n)
@@ -332,8 +332,8 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         n, tensors = self.storage.check_batch(batch)
         valid = check_mask(valid, n, self.device)
         keys = self.added + torch.arange(n, dtype=torch.int64, device=self.device)
-        self.storage.write(keys, tensors)
-        self.tree.add(n, valid)
+        self.storage.write(keys, tensors, self.num_added)
+        self.tree._add(keys, valid)
         self.num_added += n
         return keys
 

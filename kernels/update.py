@@ -94,7 +94,7 @@ def update_triton(tree, keys: torch.Tensor, td: torch.Tensor, added: torch.Tenso
     _update_kernel[grid](tree.sums, keys, td, added, tree.maxes, tree.max_next.view(torch.int64),
                          tree.counters, tree.hyper, math_constants(keys.device),
                          tree.leaf_offset, B, tree.capacity,
-                         BLOCK=block, JBLOCK=128, num_warps=warps, enable_fp_fusion=False)
+                         BLOCK=block, JBLOCK=32, num_warps=warps, enable_fp_fusion=False)
     tree.maxes.copy_(tree.max_next)
 
 
