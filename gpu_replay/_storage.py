@@ -81,9 +81,10 @@ def _bad(value, name):
 
 
 def check_keys(keys, td, device: torch.device, name_td: str = "td_errors") -> tuple[torch.Tensor, torch.Tensor]:
-    """keys: int64 [B]; td: floating [B] (or [B, 1]); returned on ``device``, contiguous."""
-    keys = as_tensor(keys, "keys")
-    td = as_tensor(td, name_td)
+    """keys: int64 [B]; td: floating [B] (or [B, 1]); returned on ``device``, contiguous and
+    detached (TD errors often still require grad). Lists are taken as torch.tensor(list)."""
+    keys = torch.tensor(keys) if isinstance(keys, (list, tuple)) else as_tensor(keys, "keys")
+    td = torch.tensor(td, dtype=torch.float32) if isinstance(td, (list, tuple)) else as_tensor(td, name_td)
     if keys.dtype != torch.int64:
         raise TypeError(f"keys: expected dtype torch.int64 (the keys sample() returned), got {keys.dtype}")
     if keys.dim() != 1 or keys.shape[0] < 1:
@@ -93,7 +94,7 @@ def check_keys(keys, td, device: torch.device, name_td: str = "td_errors") -> tu
     B = keys.shape[0]
     if tuple(td.shape) not in ((B,), (B, 1)):
         raise ValueError(f"{name_td}: expected shape [{B}] (one per key), got {tuple(td.shape)}")
-    return keys.to(device).contiguous(), td.reshape(B).to(device).contiguous()
+    return keys.detach().to(device).contiguous(), td.detach().reshape(B).to(device).contiguous()
 
 
 def check_mask(valid, n: int, device: torch.device, name: str = "valid") -> torch.Tensor | None:

@@ -308,6 +308,17 @@ class SumTree:
         leaves (0.0 expected); math.inf if the min tree, padding or a leaf is wrong."""
         return tree_check(self.state, len(self))
 
+    def clear(self) -> None:
+        """Forget every key and priority (the running max back to 1.0, counters to 0)."""
+        st = self.state
+        st.sums.zero_()
+        st.mins.fill_(math.inf)
+        st.maxes.fill_(1.0)
+        st.max_next.fill_(1.0)
+        st.counters.zero_()
+        self.added.zero_()
+        self.num_added = 0
+
     def state_dict(self) -> dict:
         """Everything, as CPU tensors and plain numbers (reads the device: a sync)."""
         st = self.state

@@ -181,7 +181,7 @@ class ReplayBuffer:
         if self.nstep is None:
             raise ValueError("step: this buffer has no n-step stage; construct it with n_step=, gamma=, num_envs=")
         out = self.nstep.step(obs, action, reward, next_obs, terminated, truncated, **kwargs)
-        return None if out is None else self.add(*out)
+        return None if out is None else self.add(*self._rows_mask(out))
 
     @_locked
     def flush(self) -> torch.Tensor | None:
@@ -189,8 +189,29 @@ class ReplayBuffer:
         if self.nstep is None:
             raise ValueError("flush: this buffer has no n-step stage; construct it with n_step=, gamma=, num_envs=")
         out = self.nstep.flush()
-        return None if out is None else self.add(*out)
+        return None if out is None else self.add(*self._rows_mask(out))
 
+    def _rows_mask(self, out):
+        """Only next-step autoreset makes rows that are not transitions; in the other modes
+        every emitted row is valid, so no mask (and, for uniform replay, no tree) is needed."""
+        rows, valid = out
+        return rows, (valid if self.nstep.autoreset_mode == "next_step" else None)
+
+
+    @_locked
+    def clear(self) -> None:
+        """Empty the buffer (and its n-step windows); keys start again at 0."""
+        for buf in self.storage.data.values():
+            buf.zero_()
+        self.added.zero_()
+        self.num_added = 0
+        self._valid_tree = None
+        if self.nstep is not None:
+            self.nstep.reset()
+        self._clear_tree()
+
+    def _clear_tree(self) -> None:
+        pass
 
     # ------------------------------------------------------------------ checkpoints
     def _config(self) -> dict:
@@ -351,6 +372,9 @@ class PrioritizedReplayBuffer(ReplayBuffer):
 
     def _tree_state(self):
         return self.tree.state_dict()
+
+    def _clear_tree(self) -> None:
+        self.tree.clear()
 
     def _prepare_tree(self, sd):
         return self.tree._prepare_load(sd)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import assert_equal
-from gpu_replay import NStep, PrioritizedReplayBuffer, ReplayBuffer
+from gpu_replay import NStep, PrioritizedReplayBuffer, ReplayBuffer, kernels
 
 SPEC = {"obs": ((3,), torch.float32), "action": ((), torch.int64), "aux_action": ((2,), torch.float32)}
 
@@ -80,3 +80,43 @@ def test_uniform_buffer_with_validity_mask_skips_invalid_rows():
     got = set(s["x"].tolist())
     assert got == {0, 1, 2, 3, 4, 5, 7, 9, 11, 13}
     assert_equal(s["x"], s.keys, "keys")
+
+
+@pytest.mark.parametrize("mode", ["disabled", "same_step"])
+def test_modes_without_reset_steps_add_no_mask(mode):
+    """Only next-step autoreset emits rows that are not transitions: the other modes add
+    every row as valid, and a uniform buffer keeps plain randint sampling (no tree)."""
+    rb = ReplayBuffer(100, SPEC, n_step=3, gamma=0.9, num_envs=4, autoreset_mode=mode)
+    for tr in stream(20, 4, seed=1):
+        extra = {"final_obs": tr["next_obs"] + 10} if mode == "same_step" else {}
+        rb.step(**tr, **extra)
+    rb.flush()
+    assert rb._valid_tree is None and len(rb) == 80
+
+
+@pytest.mark.parametrize("cls", [ReplayBuffer, PrioritizedReplayBuffer])
+def test_clear_empties_everything(cls):
+    rb = cls(50, SPEC, n_step=3, gamma=0.9, num_envs=4)
+    for tr in stream(30, 4, seed=2):
+        rb.step(**tr)
+    rb.clear()
+    assert len(rb) == 0 and int(rb.added) == 0
+    with pytest.raises(ValueError, match="empty"):
+        rb.sample(4)
+    for tr in stream(5, 4, seed=3):
+        rb.step(**tr)
+    assert rb.sample(8).keys.max() < len(rb)
+    if cls is PrioritizedReplayBuffer:
+        assert rb.tree.check() == 0.0 and rb.stats()["stale_dropped"] == 0
+
+
+@pytest.mark.parametrize("backend", ["torch"] + (["numba"] if kernels.HAVE_NUMBA else []))
+def test_update_takes_grad_tensors_and_lists(backend):
+    rb = PrioritizedReplayBuffer(20, {"x": ((), torch.float32)}, backend=backend)
+    rb.add({"x": torch.zeros(10)})
+    td = torch.ones(3, requires_grad=True) * 2.0
+    rb.update_priorities(torch.tensor([0, 1, 2]), td)  # still attached to a graph
+    rb.update_priorities([3, 4], [0.5, -1.0])
+    leaves = rb.tree.leaves
+    assert leaves[0].item() == leaves[1].item() and leaves[3].item() < leaves[4].item()
+    assert rb.tree.check() == 0.0
