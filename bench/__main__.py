@@ -64,6 +64,7 @@ def graph_cycle_us(capacity: int, B: int, device: str, spec_kind: str, repeats: 
     """gpu_replay's cycle on CUDA: eager and captured in a CUDA graph, CUDA events."""
     import numpy as np
 
+    from bench.core import timeit
     from bench.peers._core import CYCLE_ADD, fill_chunks, make_rows, spec
     from gpu_replay import PrioritizedReplayBuffer
 
@@ -81,21 +82,7 @@ def graph_cycle_us(capacity: int, B: int, device: str, spec_kind: str, repeats: 
         s = rb.sample(B, beta=0.4)
         rb.update_priorities(s.keys, td * s.weights)
 
-    def timed(fn):
-        for _ in range(10):
-            fn()
-        torch.cuda.synchronize()
-        out = []
-        for _ in range(repeats):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            out.append(a.elapsed_time(b) * 1e3)
-        return float(np.median(out))
-
-    eager = timed(cycle)
+    eager = timeit(cycle, dev, repeats, warmup=10)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -105,7 +92,7 @@ def graph_cycle_us(capacity: int, B: int, device: str, spec_kind: str, repeats: 
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         cycle()
-    graphed = timed(g.replay)
+    graphed = timeit(g.replay, dev, repeats, warmup=10)
     ok = rb.tree.check() == 0.0
     return {"eager_us": eager, "graph_us": graphed, "tree_ok": ok}
 

@@ -107,8 +107,9 @@ def test_zero_priority_never_returned_even_at_the_top_of_the_mass(device, backen
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
 def test_tree_equals_float64_recomputation_after_many_updates(device, backend):
-    cap = 777 if backend == "torch" else 97
-    n_calls = 3000 if backend == "torch" else 60
+    interpreted = backend == "triton" and device == "cpu"  # the Triton interpreter is slow
+    cap = 97 if interpreted else 777
+    n_calls = 60 if interpreted else 3000
     tree = SumTree(cap, fanout=4, alpha=0.7, device=device, backend=backend)
     g = torch.Generator().manual_seed(5)
     model = {}
