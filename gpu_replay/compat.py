@@ -518,8 +518,8 @@ class SB3ReplayBuffer:
 
     def reset(self) -> None:
         """Empty the buffer (and any pending n-step windows); ``pos = 0``, ``full = False``."""
-        self.buffer = None  # free the old storage before allocating the new
-        self._make()
+        self.buffer.clear()
+        self._calls = 0
 
     def to_torch(self, array, copy: bool = True) -> torch.Tensor:
         return torch.tensor(array, device=self.device) if copy else torch.as_tensor(array, device=self.device)
