@@ -187,7 +187,9 @@ class SumTree:
 
     Sampling is stratified: u_i = (i + r_i) * total / B with r_i ~ U[0, 1) drawn from
     ``generator`` (the device's default generator if None). A leaf with priority 0 is never
-    returned. Every call is asynchronous on CUDA: it enqueues kernels on the current stream
+    returned. If every stored row has priority 0 (all added with ``valid=False``) there is
+    nothing to sample: on the CPU ``sample`` raises; on CUDA, where checking would wait for
+    the device, it returns keys -1 with weights 0. Every call is asynchronous on CUDA: it enqueues kernels on the current stream
     and never waits for the device.
 
     Example::
@@ -272,6 +274,8 @@ class SumTree:
             raise ValueError(f"normalize: expected 'global' or 'batch', got {normalize!r}")
         if self.num_added == 0:
             raise ValueError("sample: the buffer is empty; add rows first")
+        if self.device.type == "cpu" and not self.state.sums[0] > 0:  # free on the CPU; a sync on CUDA
+            raise ValueError("sample: every stored row has priority 0 (added with valid=False); nothing to sample")
         r = torch.rand(batch_size, generator=generator, dtype=torch.float64, device=self.device)
         self._beta.fill_(beta)
         slots, keys, prio, w = tree_sample(self.state, self.backend, self.added, r, self._beta,

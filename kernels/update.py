@@ -133,5 +133,7 @@ if numba is not None:
 def update_numba(tree, keys: torch.Tensor, td: torch.Tensor, added: torch.Tensor,
                  alpha: float, eps: float) -> None:
     """Compiled CPU twin: items in batch order, so the last write of a duplicate wins."""
+    if td.dtype not in (torch.float32, torch.float64):  # float16/bfloat16: numba has no such type
+        td = td.to(torch.float64)  # exact, and what the twin does first
     _update_nb(tree.sums.numpy(), tree.leaf_offset, keys.numpy(), td.detach().numpy(), int(added),
                tree.maxes.numpy(), tree.counters.numpy(), alpha, eps, math_constants("cpu").numpy(), tree.capacity)

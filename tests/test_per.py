@@ -262,3 +262,22 @@ def test_sampled_rows_are_the_rows_of_their_keys():
     assert_equal(s["k"], s.keys, "row key")
     assert (s.keys >= 170 - 50).all()
     assert_equal(s["obs"][:, 2], s.keys.float(), "row obs")
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_half_precision_td_errors(device, backend):
+    tree = SumTree(8, fanout=2, device=device, backend=backend)
+    tree.add(8)
+    for dt in (torch.float16, torch.bfloat16):
+        tree.update(torch.tensor([1, 2]), torch.tensor([2.0, -0.5], dtype=dt))
+        assert math.isclose(tree.leaves[1].item(), (2.0 + 1e-6) ** 0.6, rel_tol=1e-12)
+    assert tree.check() == 0.0
+
+
+def test_sampling_when_every_row_is_invalid_raises_on_cpu():
+    rb = PrioritizedReplayBuffer(8, {"x": ((), torch.float32)})
+    rb.add({"x": torch.zeros(3)}, valid=torch.zeros(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="priority 0"):
+        rb.sample(2)
+    rb.add({"x": torch.zeros(1)})
+    assert rb.sample(4).keys.tolist() == [3, 3, 3, 3]
