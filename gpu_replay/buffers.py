@@ -146,7 +146,11 @@ class ReplayBuffer:
     @_locked
     def add(self, batch, valid=None) -> torch.Tensor:
         n, tensors = self.storage.check_batch(batch)
-        valid = check_mask(valid, n, self.device)
+        return self._add(n, tensors, check_mask(valid, n, self.device))
+
+    def _add(self, n: int, tensors: dict, valid) -> torch.Tensor:
+        """``add`` after the checks (the n-step rows come here directly: they are made in
+        the spec's shapes and dtypes, on the device)."""
         if valid is not None and self._valid_tree is None:
             # uniform over the valid rows = a sum tree with every valid row at priority 1
             self._valid_tree = SumTree(self.capacity, alpha=0.0, device=self.device)
@@ -181,7 +185,7 @@ class ReplayBuffer:
         if self.nstep is None:
             raise ValueError("step: this buffer has no n-step stage; construct it with n_step=, gamma=, num_envs=")
         out = self.nstep.step(obs, action, reward, next_obs, terminated, truncated, **kwargs)
-        return None if out is None else self.add(*self._rows_mask(out))
+        return None if out is None else self._add(self.nstep.num_envs, *self._rows_mask(out))
 
     @_locked
     def flush(self) -> torch.Tensor | None:
@@ -189,7 +193,7 @@ class ReplayBuffer:
         if self.nstep is None:
             raise ValueError("flush: this buffer has no n-step stage; construct it with n_step=, gamma=, num_envs=")
         out = self.nstep.flush()
-        return None if out is None else self.add(*self._rows_mask(out))
+        return None if out is None else self._add(out[1].shape[0], *self._rows_mask(out))
 
     def _rows_mask(self, out):
         """Only next-step autoreset makes rows that are not transitions; in the other modes
@@ -348,10 +352,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
     def eps(self) -> float:
         return self.tree.eps
 
-    @_locked
-    def add(self, batch, valid=None) -> torch.Tensor:
-        n, tensors = self.storage.check_batch(batch)
-        valid = check_mask(valid, n, self.device)
+    def _add(self, n: int, tensors: dict, valid) -> torch.Tensor:
         keys = self.added + torch.arange(n, dtype=torch.int64, device=self.device)
         self.storage.write(keys, tensors, self.num_added)
         self.tree._add(keys, valid)

@@ -135,7 +135,7 @@ def test_bad_update_and_sample_calls_raise_and_change_nothing():
         (lambda: rb.update_priorities(torch.tensor([1, 2]), torch.ones(3)), ValueError, r"td_errors.*\[2\]"),
         (lambda: rb.update_priorities(torch.tensor([1, 2]), torch.ones(2, dtype=torch.int64)), TypeError,
          "td_errors.*floating"),
-        (lambda: rb.update_priorities([1, 2], torch.ones(2)), TypeError, "keys"),
+        (lambda: rb.update_priorities("1,2", torch.ones(2)), TypeError, "keys"),
         (lambda: rb.sample(0), ValueError, "batch_size"),
         (lambda: rb.sample(-3), ValueError, "batch_size"),
         (lambda: rb.sample(2.5), TypeError, "batch_size"),
