@@ -188,5 +188,11 @@ class Storage:
 
     def gather(self, slots: torch.Tensor) -> dict[str, torch.Tensor]:
         B = slots.shape[0]
-        return {name: self._rows[name].index_select(0, slots).view(torch.uint8).view(buf.dtype)
-                .view(B, *buf.shape[1:]) for name, buf in self.data.items()}
+        out = {}
+        for name, buf in self.data.items():
+            wide = self._rows[name]
+            if wide.shape[1] * wide.element_size() <= 64:  # small rows: the views would cost more
+                out[name] = buf.index_select(0, slots)
+            else:
+                out[name] = wide.index_select(0, slots).view(torch.uint8).view(buf.dtype).view(B, *buf.shape[1:])
+        return out

@@ -89,6 +89,9 @@ class TreeState:
         self._min_rows = [v.view(-1, K) if l else None for l, v in enumerate(self._min_levels)]
         self.leaves = self._levels[-1]
         self.leaves_ext = self.sums[self.leaf_offset:]
+        if self.sums.device.type == "cpu":  # numpy views for the numba loops (no per-call .numpy())
+            self.sums_np, self.mins_np = self.sums.numpy(), self.mins.numpy()
+            self.maxes_np, self.counters_np = self.maxes.numpy(), self.counters.numpy()
 
     def level(self, l: int) -> torch.Tensor:
         return self._levels[l]
@@ -219,6 +222,7 @@ class SumTree:
         self.added = torch.zeros((), dtype=torch.int64, device=self.device)  # keys handed out (device)
         self.num_added = 0  # host mirror of `added` (eager calls)
         self._beta = torch.zeros(1, dtype=torch.float64, device=self.device)
+        self._beta_np = self._beta.numpy() if self.device.type == "cpu" else None
 
     @property
     def capacity(self) -> int:
@@ -274,10 +278,14 @@ class SumTree:
             raise ValueError(f"normalize: expected 'global' or 'batch', got {normalize!r}")
         if self.num_added == 0:
             raise ValueError("sample: the buffer is empty; add rows first")
-        if self.device.type == "cpu" and not self.state.sums[0] > 0:  # free on the CPU; a sync on CUDA
+        cpu = self.device.type == "cpu"
+        if cpu and not self.state.sums_np[0] > 0:  # free on the CPU; a sync on CUDA
             raise ValueError("sample: every stored row has priority 0 (added with valid=False); nothing to sample")
         r = torch.rand(batch_size, generator=generator, dtype=torch.float64, device=self.device)
-        self._beta.fill_(beta)
+        if cpu:
+            self._beta_np[0] = beta
+        else:
+            self._beta.fill_(beta)
         slots, keys, prio, w = tree_sample(self.state, self.backend, self.added, r, self._beta,
                                            normalize == "global")
         if w is None:

@@ -58,5 +58,5 @@ if numba is not None:
 def insert_numba(tree, keys: torch.Tensor, valid: torch.Tensor | None, alpha: float) -> None:
     """Compiled CPU twin of ``insert_torch``."""
     v = keys if valid is None else valid
-    _insert_nb(tree.sums.numpy(), tree.leaf_offset, keys.numpy(), v.numpy(), valid is not None,
-               float(tree.maxes[1]), tree.capacity)
+    _insert_nb(tree.sums_np, tree.leaf_offset, keys.numpy(), v.numpy(), valid is not None,
+               tree.maxes_np[1], tree.capacity)

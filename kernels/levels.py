@@ -98,5 +98,5 @@ if numba is not None:
 
 def refresh_numba(tree, keys: torch.Tensor) -> None:
     """Compiled CPU twin of ``refresh_torch``."""
-    _refresh_nb(tree.sums.numpy(), tree.mins.numpy(), tree.offsets_np, keys.numpy(), tree.capacity,
+    _refresh_nb(tree.sums_np, tree.mins_np, tree.offsets_np, keys.numpy(), tree.capacity,
                 tree.fanout, tree.depth, tree.log2k)

@@ -163,6 +163,9 @@ if numba is not None:
                 w[i] = np.float32(pw[i]) if prio[i] > 0 else np.float32(0.0)
 
 
+_CST_NP = math_constants("cpu").numpy()
+
+
 def sample_numba(tree, r: torch.Tensor, added: torch.Tensor, beta: torch.Tensor, norm_global: bool = True):
     """Compiled CPU twin: one pass over the batch, each query descending on its own."""
     B = r.shape[0]
@@ -170,7 +173,7 @@ def sample_numba(tree, r: torch.Tensor, added: torch.Tensor, beta: torch.Tensor,
     keys = torch.empty(B, dtype=torch.int64)
     prio = torch.empty(B, dtype=torch.float64)
     w = torch.empty(B, dtype=torch.float32)
-    _sample_nb(tree.sums.numpy(), tree.mins.numpy(), tree.offsets_np, r.numpy(), int(added), float(beta[0]),
-               math_constants("cpu").numpy(), tree.fanout, tree.depth, tree.capacity, norm_global,
+    _sample_nb(tree.sums_np, tree.mins_np, tree.offsets_np, r.numpy(), int(added), float(beta.numpy()[0]),
+               _CST_NP, tree.fanout, tree.depth, tree.capacity, norm_global,
                slots.numpy(), keys.numpy(), prio.numpy(), w.numpy())
     return slots, keys, prio, (w if norm_global else None)

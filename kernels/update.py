@@ -135,5 +135,8 @@ def update_numba(tree, keys: torch.Tensor, td: torch.Tensor, added: torch.Tensor
     """Compiled CPU twin: items in batch order, so the last write of a duplicate wins."""
     if td.dtype not in (torch.float32, torch.float64):  # float16/bfloat16: numba has no such type
         td = td.to(torch.float64)  # exact, and what the twin does first
-    _update_nb(tree.sums.numpy(), tree.leaf_offset, keys.numpy(), td.detach().numpy(), int(added),
-               tree.maxes.numpy(), tree.counters.numpy(), alpha, eps, math_constants("cpu").numpy(), tree.capacity)
+    _update_nb(tree.sums_np, tree.leaf_offset, keys.numpy(), td.detach().numpy(), int(added),
+               tree.maxes_np, tree.counters_np, alpha, eps, _CST_NP, tree.capacity)
+
+
+_CST_NP = math_constants("cpu").numpy()
