@@ -94,7 +94,10 @@ def check_keys(keys, td, device: torch.device, name_td: str = "td_errors") -> tu
     B = keys.shape[0]
     if tuple(td.shape) not in ((B,), (B, 1)):
         raise ValueError(f"{name_td}: expected shape [{B}] (one per key), got {tuple(td.shape)}")
-    return keys.detach().to(device).contiguous(), td.detach().reshape(B).to(device).contiguous()
+    # non_blocking: a host -> device copy from pageable memory is staged by the driver before
+    # the call returns, so it is safe, and it does not wait for the stream (no sync)
+    return (keys.detach().to(device, non_blocking=True).contiguous(),
+            td.detach().reshape(B).to(device, non_blocking=True).contiguous())
 
 
 def check_mask(valid, n: int, device: torch.device, name: str = "valid") -> torch.Tensor | None:
@@ -105,7 +108,7 @@ def check_mask(valid, n: int, device: torch.device, name: str = "valid") -> torc
         raise TypeError(f"{name}: expected dtype torch.bool, got {valid.dtype}")
     if tuple(valid.shape) != (n,):
         raise ValueError(f"{name}: expected shape [{n}] (one per row), got {tuple(valid.shape)}")
-    return valid.to(device).contiguous()
+    return valid.to(device, non_blocking=True).contiguous()
 
 
 def _wide(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -183,7 +186,7 @@ class Storage:
             return
         slots = torch.remainder(keys, self.capacity)
         for name, buf in self.data.items():
-            t = tensors[name].to(device=self.device, dtype=buf.dtype).contiguous()
+            t = tensors[name].to(device=self.device, dtype=buf.dtype, non_blocking=True).contiguous()
             self._rows[name].index_copy_(0, slots, _wide(t, t.shape[0]))
 
     def gather(self, slots: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -95,3 +95,22 @@ def test_cuda_buffer_accepts_cpu_inputs_and_returns_cuda_tensors():
     assert all(s[k].device.type == "cuda" for k in SPEC)
     rb.update_priorities(s.keys.cpu(), torch.ones(5))
     assert rb.tree.check() == 0.0
+
+
+def test_host_inputs_reach_the_device_without_a_sync():
+    """Rows from a gymnasium env arrive as numpy arrays: copying them in must not wait."""
+    import numpy as np
+    rb = PrioritizedReplayBuffer(1000, SPEC, device="cuda")
+    host = {k: v.cpu().numpy() for k, v in make_batch(32).items()}
+    rb.add(host)
+    s = rb.sample(16)
+    rb.update_priorities(s.keys.cpu(), np.ones(16, dtype=np.float32))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        rb.add(host, valid=np.ones(32, dtype=bool))
+        s = rb.sample(16)
+        rb.update_priorities(s.keys, np.ones(16, dtype=np.float32))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert rb.tree.check() == 0.0
