@@ -184,7 +184,7 @@ def test_killed_in_the_middle_of_save_leaves_the_previous_checkpoint(tmp_path):
 def test_cuda_checkpoint_loads_on_cpu_and_back(tmp_path):
     rb = filled(device="cuda", generator=None)
     rb.save(tmp_path / "g")
-    cpu = PrioritizedReplayBuffer(64, SPEC, n_step=3, gamma=0.9, num_envs=2, generator=torch.Generator())
+    cpu = PrioritizedReplayBuffer(64, SPEC, n_step=3, gamma=0.9, num_envs=2)  # no generator, as saved
     cpu.load(tmp_path / "g")
     assert_same(cpu.state_dict(), rb.state_dict())
     cpu.save(tmp_path / "c")
