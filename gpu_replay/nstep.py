@@ -389,27 +389,28 @@ class NStep:
         if self._fields is None:
             self._fields = fields
             self._allocate()
-        nxt = self._move(nxt, obs_dt)
-        if fin is not None and fin[0] is not None:
-            dense, mask = self._move(fin[0], obs_dt), self._move(fin[1], torch.bool)
-            nxt = torch.where(mask.view(E, *([1] * len(obs_shape))), dense, nxt)
-        term = self._move(term, torch.bool)
-        trunc = self._move(trunc, torch.bool)
-        done = term | trunc
-
         n = self.n
         w = self._t % n
-        for name, t in tensors.items():
-            self._win[name][:, w] = self._move(t, fields[name][1])
-        self._next_obs[:, w] = nxt
-        self._reward[:, w] = self._move(rew, torch.float64)
-        self._term[:, w] = term
-        self._done[:, w] = done
-        if self.autoreset_mode == "next_step":
-            self._real[:, w] = ~self._prev_done  # the call after an episode end is a reset step
-            self._prev_done.copy_(done)
+        nb = self.device.type == "cuda"  # host -> device without a sync (see _move)
+        nxt_w = self._next_obs.select(1, w)
+        if fin is not None and fin[0] is not None:
+            dense, mask = self._move(fin[0], obs_dt), self._move(fin[1], torch.bool)
+            nxt_w.copy_(torch.where(mask.view(E, *([1] * len(obs_shape))), dense, self._move(nxt, obs_dt)))
         else:
-            self._real[:, w] = True
+            nxt_w.copy_(nxt.detach(), non_blocking=nb)
+        # copy_ converts dtype and device in one op; detach keeps autograd graphs out
+        for name, t in tensors.items():
+            self._win[name].select(1, w).copy_(t.detach(), non_blocking=nb)
+        self._reward.select(1, w).copy_(rew.detach(), non_blocking=nb)
+        term_w, done_w = self._term.select(1, w), self._done.select(1, w)
+        term_w.copy_(term, non_blocking=nb)
+        torch.logical_or(term_w, trunc.to(self.device, non_blocking=nb), out=done_w)
+        if self.autoreset_mode == "next_step":
+            # the call after an episode end is a reset step
+            torch.logical_not(self._prev_done, out=self._real.select(1, w))
+            self._prev_done.copy_(done_w)
+        else:
+            self._real.select(1, w).fill_(True)
         self._t += 1
         if self._t < n:
             return None
@@ -427,12 +428,12 @@ class NStep:
         ret = torch.where(alive, self._reward.index_select(1, order), 0.0).matmul(self._gpow[:L])
         # flat row (env, slot of step t+k-1) in the [E * n] view of a window
         last = self._row0 + order.index_select(0, k - 1)
-        rows = {name: win[:, start].clone() for name, win in self._win.items()}
+        rows = {name: win.select(1, start).clone() for name, win in self._win.items()}
         rows["reward"] = ret.to(torch.float32)
         rows["next_obs"] = self._next_obs.flatten(0, 1).index_select(0, last)
         rows["discount"] = self._gpow32.index_select(0, k)
         rows["terminated"] = self._term.view(-1).index_select(0, last)
-        valid = self._real[:, start].clone()
+        valid = self._real.select(1, start).clone()
         return rows, valid
 
     # ------------------------------------------------------------------ flush / reset
