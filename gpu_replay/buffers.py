@@ -10,6 +10,7 @@ from . import _checkpoint as ckpt
 
 from ._storage import Storage, as_device, check_float, check_int, check_keys, check_mask
 from ._tree import DEFAULT_FANOUT, SumTree
+from .kernels.sample import keys_from_slots
 from .nstep import NStep
 
 
@@ -173,9 +174,7 @@ class ReplayBuffer:
             keys, slots, _, _ = self._valid_tree._sample(batch_size, 0.0, self.generator, "global")
             return Batch(self.storage.gather(slots), keys)
         slots = torch.randint(0, len(self), (batch_size,), generator=self.generator, device=self.device)
-        a1 = self.added - 1
-        keys = a1 - torch.remainder(a1 - slots, self.capacity)
-        return Batch(self.storage.gather(slots), keys)
+        return Batch(self.storage.gather(slots), keys_from_slots(slots, self.added, self.capacity))
 
     @_locked
     def step(self, obs, action, reward, next_obs, terminated, truncated, **kwargs) -> torch.Tensor | None:

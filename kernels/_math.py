@@ -98,6 +98,17 @@ def math_constants(device) -> torch.Tensor:
     return torch_constants(device).all
 
 
+_CPU_NP = None
+
+
+def cpu_constants_np():
+    """The CPU constant vector as a numpy array (what the numba loops read), made once."""
+    global _CPU_NP
+    if _CPU_NP is None:
+        _CPU_NP = math_constants("cpu").numpy()
+    return _CPU_NP
+
+
 def seq_cumsum(x: torch.Tensor) -> torch.Tensor:
     """Cumulative sum over the last dim, strictly left to right (the kernels' order).
 

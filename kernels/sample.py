@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import torch
 
-from ._math import (launch_config, math_constants, numba, pow_pos, pow_pos_nb, pow_pos_torch, seq_cumsum,
-                    torch_constants, triton, tl)
+from ._math import (cpu_constants_np, launch_config, math_constants, numba, pow_pos, pow_pos_nb, pow_pos_torch,
+                    seq_cumsum, torch_constants, triton, tl)
 
 
-def _keys_from_slots(slots: torch.Tensor, added: torch.Tensor, capacity: int) -> torch.Tensor:
+def keys_from_slots(slots: torch.Tensor, added: torch.Tensor, capacity: int) -> torch.Tensor:
     """The newest key k < added with k % capacity == slot (-1 for a slot never written)."""
     a1 = added - 1
     return torch.where(slots <= a1, a1 - torch.remainder(a1 - slots, capacity), -1)
@@ -46,7 +46,7 @@ def sample_torch(tree, r: torch.Tensor, added: torch.Tensor, beta: torch.Tensor,
         node = node * K + le.sum(1).clamp_max(K - 1)
     slots = node.clamp_max(tree.capacity - 1)
     prio = tree.leaves.index_select(0, slots)
-    keys = _keys_from_slots(slots, added, tree.capacity)
+    keys = keys_from_slots(slots, added, tree.capacity)
     weights = None
     if norm_global:
         pos = prio > 0
@@ -163,9 +163,6 @@ if numba is not None:
                 w[i] = np.float32(pw[i]) if prio[i] > 0 else np.float32(0.0)
 
 
-_CST_NP = math_constants("cpu").numpy()
-
-
 def sample_numba(tree, r: torch.Tensor, added: torch.Tensor, beta: torch.Tensor, norm_global: bool = True):
     """Compiled CPU twin: one pass over the batch, each query descending on its own."""
     B = r.shape[0]
@@ -174,6 +171,6 @@ def sample_numba(tree, r: torch.Tensor, added: torch.Tensor, beta: torch.Tensor,
     prio = torch.empty(B, dtype=torch.float64)
     w = torch.empty(B, dtype=torch.float32)
     _sample_nb(tree.sums_np, tree.mins_np, tree.offsets_np, r.numpy(), int(added), float(beta.numpy()[0]),
-               _CST_NP, tree.fanout, tree.depth, tree.capacity, norm_global,
+               cpu_constants_np(), tree.fanout, tree.depth, tree.capacity, norm_global,
                slots.numpy(), keys.numpy(), prio.numpy(), w.numpy())
     return slots, keys, prio, (w if norm_global else None)

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from ._math import launch_config, math_constants, numba, pow_pos, pow_pos_nb, pow_pos_torch, torch_constants, triton, tl
+from ._math import (cpu_constants_np, launch_config, math_constants, numba, pow_pos, pow_pos_nb, pow_pos_torch,
+                    torch_constants, triton, tl)
 
 
 def _later_duplicate(keys: torch.Tensor) -> torch.Tensor:
@@ -136,7 +137,4 @@ def update_numba(tree, keys: torch.Tensor, td: torch.Tensor, added: torch.Tensor
     if td.dtype not in (torch.float32, torch.float64):  # float16/bfloat16: numba has no such type
         td = td.to(torch.float64)  # exact, and what the twin does first
     _update_nb(tree.sums_np, tree.leaf_offset, keys.numpy(), td.detach().numpy(), int(added),
-               tree.maxes_np, tree.counters_np, alpha, eps, _CST_NP, tree.capacity)
-
-
-_CST_NP = math_constants("cpu").numpy()
+               tree.maxes_np, tree.counters_np, alpha, eps, cpu_constants_np(), tree.capacity)
