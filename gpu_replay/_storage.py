@@ -122,6 +122,9 @@ def _wide(t: torch.Tensor, rows: int) -> torch.Tensor:
     return raw
 
 
+_NP_INT = {torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.uint8: np.uint8}
+
+
 class Storage:
     """One preallocated tensor [capacity, *shape] per field, written at slot = key % capacity."""
 
@@ -196,6 +199,15 @@ class Storage:
             wide = self._rows[name]
             if wide.shape[1] * wide.element_size() <= 64:  # small rows: the views would cost more
                 out[name] = buf.index_select(0, slots)
-            else:
-                out[name] = wide.index_select(0, slots).view(torch.uint8).view(buf.dtype).view(B, *buf.shape[1:])
+                continue
+            rows = torch.index_select(wide, 0, slots, out=self._rows_out(B, wide))
+            out[name] = rows.view(torch.uint8).view(buf.dtype).view(B, *buf.shape[1:])
         return out
+
+    def _rows_out(self, B: int, wide: torch.Tensor) -> torch.Tensor:
+        """The output of a gather. A large one on the CPU is allocated by numpy, which asks
+        the kernel for huge pages (madvise): torch's allocator does not, and page faults then
+        cost more than the copy (a 115 MB gather: 71 -> 19 ms)."""
+        if self.device.type == "cpu" and B * wide.shape[1] * wide.element_size() >= 1 << 22:
+            return torch.from_numpy(np.empty((B, wide.shape[1]), dtype=_NP_INT[wide.dtype]))
+        return torch.empty((B, wide.shape[1]), dtype=wide.dtype, device=wide.device)
