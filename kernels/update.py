@@ -54,8 +54,8 @@ if triton is not None:
 
     @triton.jit
     def _update_kernel(sums_ptr, keys_ptr, td_ptr, added_ptr, maxes_ptr, maxnext_ptr, cnt_ptr,
-                       hyper_ptr, cst_ptr, leaf_off, B, C,
-                       BLOCK: tl.constexpr, JBLOCK: tl.constexpr):
+                       hyper_ptr, cst_ptr, later_ptr, leaf_off, B, C,
+                       HAS_LATER: tl.constexpr, BLOCK: tl.constexpr, JBLOCK: tl.constexpr):
         pid = tl.program_id(0).to(tl.int64)
         i = pid * BLOCK + tl.arange(0, BLOCK)
         mask = i < B
@@ -67,13 +67,16 @@ if triton is not None:
         raw = tl.abs(tl.load(td_ptr + i, mask=mask, other=0.0).to(tl.float64)) + eps
         bad = (raw != raw) | (raw == float("inf"))
         raw = tl.where(bad, tl.load(maxes_ptr), raw)
-        later = tl.zeros([BLOCK], dtype=tl.int32)
-        for start in range(0, B, JBLOCK):
-            j = start + tl.arange(0, JBLOCK).to(tl.int64)
-            mj = j < B
-            kj = tl.load(keys_ptr + j, mask=mj, other=0)
-            eq = (kj[None, :] == key[:, None]) & (j[None, :] > i[:, None]) & mj[None, :]
-            later = tl.maximum(later, tl.max(eq.to(tl.int32), axis=1))
+        if HAS_LATER:  # large batches: the launcher found the duplicates with a sort
+            later = tl.load(later_ptr + i, mask=mask, other=0).to(tl.int32)
+        else:  # small batches: compare with every later key (B*B/2 compares, no extra launch)
+            later = tl.zeros([BLOCK], dtype=tl.int32)
+            for start in range(0, B, JBLOCK):
+                j = start + tl.arange(0, JBLOCK).to(tl.int64)
+                mj = j < B
+                kj = tl.load(keys_ptr + j, mask=mj, other=0)
+                eq = (kj[None, :] == key[:, None]) & (j[None, :] > i[:, None]) & mj[None, :]
+                later = tl.maximum(later, tl.max(eq.to(tl.int32), axis=1))
         write = mask & (~stale) & (later == 0)
         p = pow_pos(raw, alpha, cst_ptr)
         slot = tl.where(stale, 0, key % C)
@@ -86,15 +89,21 @@ if triton is not None:
         tl.atomic_max(maxnext_ptr + 1, tl.max(tl.where(good, p, 0.0).to(tl.int64, bitcast=True)))
 
 
+SORT_DEDUP_MIN = 2048
+
+
 def update_triton(tree, keys: torch.Tensor, td: torch.Tensor, added: torch.Tensor,
                   alpha: float, eps: float) -> None:
     """One launch for the leaves (plus a copy of the running max). Contract as ``update_torch``."""
     B = keys.shape[0]
     block, warps, grid = launch_config(B, 128)
+    # above SORT_DEDUP_MIN keys the in-kernel all-pairs scan (B*B/2 compares) would dominate:
+    # find the duplicates with one device sort instead (the twin's way; same result)
+    later = _later_duplicate(keys).view(torch.uint8) if B >= SORT_DEDUP_MIN else keys
     tree.max_next.copy_(tree.maxes)
     _update_kernel[grid](tree.sums, keys, td, added, tree.maxes, tree.max_next.view(torch.int64),
-                         tree.counters, tree.hyper, math_constants(keys.device),
-                         tree.leaf_offset, B, tree.capacity,
+                         tree.counters, tree.hyper, math_constants(keys.device), later,
+                         tree.leaf_offset, B, tree.capacity, HAS_LATER=B >= SORT_DEDUP_MIN,
                          BLOCK=block, JBLOCK=32, num_warps=warps, enable_fp_fusion=False)
     tree.maxes.copy_(tree.max_next)
 

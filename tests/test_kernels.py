@@ -125,12 +125,14 @@ def test_sample_kernel_matches_twin(backend, device, capacity, fanout, norm_glob
 
 
 @pytest.mark.parametrize("backend,device", COMPILED)
-@pytest.mark.parametrize("capacity,fanout", CASES)
-def test_update_kernel_matches_twin(backend, device, capacity, fanout):
+@pytest.mark.parametrize("capacity,fanout,B", [(c, f, 257) for c, f in CASES] + [(4099, 16, 3001)])
+def test_update_kernel_matches_twin(backend, device, capacity, fanout, B):
+    """B = 3001 takes the launcher's sort-based duplicate search (>= SORT_DEDUP_MIN)."""
+    from gpu_replay.kernels.update import SORT_DEDUP_MIN
+    assert 257 < SORT_DEDUP_MIN <= 3001  # both paths are covered
     st = random_tree(capacity, fanout, seed=3 * capacity + fanout)
     g = torch.Generator().manual_seed(capacity)
     added_n = capacity * 3 + 11
-    B = 257
     keys = torch.randint(added_n - capacity - 20, added_n + 5, (B,), generator=g)  # some stale / future
     keys[:40] = keys[40:80]  # duplicates, both orders
     keys[80:90] = -3  # negative
