@@ -92,6 +92,15 @@ def expect(cond: bool, what: str, want, got) -> None:
         raise ValueError(f"load_state_dict: {what}: this buffer has {want!r}, the checkpoint has {got!r}")
 
 
+def counts(sd: dict, what: str) -> tuple[int, int]:
+    """(num_added, added) from a state dict: ints with 0 <= num_added <= added."""
+    num_added, added = sd.get("num_added"), sd.get("added")
+    if not isinstance(num_added, int) or not isinstance(added, int) or not 0 <= num_added <= added:
+        raise ValueError(f"load_state_dict: {what}num_added/added: expected ints 0 <= num_added <= added, "
+                         f"got {num_added!r}, {added!r}")
+    return num_added, added
+
+
 def tensor_like(sd: dict, key: str, shape, dtype) -> torch.Tensor:
     v = sd.get(key)
     if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(shape) or v.dtype != dtype:

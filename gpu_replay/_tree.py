@@ -71,6 +71,8 @@ class TreeState:
         self.sums = torch.zeros(self.leaf_offset + sizes[-1] + 1, dtype=torch.float64, device=device)
         self.mins = torch.full((self.leaf_offset,), math.inf, dtype=torch.float64, device=device)
         self.maxes = torch.ones(2, dtype=torch.float64, device=device)  # [max |d| + eps, max p]
+        # the Triton update's scratch for the new maxima; equal to `maxes` between calls
+        # (every writer of `maxes` — update_triton, clear, load — also sets it)
         self.max_next = torch.ones(2, dtype=torch.float64, device=device)
         self.counters = torch.zeros(2, dtype=torch.int64, device=device)  # [sanitized, stale dropped]
         self.alpha = float(alpha)
@@ -340,16 +342,13 @@ class SumTree:
 
     def _prepare_load(self, sd) -> callable:
         """Check ``sd`` fully; return the function that commits it (nothing changes before)."""
-        from ._checkpoint import expect, tensor_like
+        from ._checkpoint import counts, expect, tensor_like
         if not isinstance(sd, dict):
             raise ValueError(f"load_state_dict: tree: expected a dict, got {type(sd).__name__}")
         st = self.state
         for key, want in (("capacity", st.capacity), ("fanout", st.fanout), ("alpha", st.alpha), ("eps", st.eps)):
             expect(sd.get(key) == want, f"tree.{key}", want, sd.get(key))
-        num_added, added = sd.get("num_added"), sd.get("added")
-        if not isinstance(num_added, int) or not isinstance(added, int) or num_added < 0 or added < num_added:
-            raise ValueError(f"load_state_dict: tree.num_added/added: expected ints 0 <= num_added <= added, "
-                             f"got {num_added!r}, {added!r}")
+        num_added, added = counts(sd, "tree.")
         new = {k: tensor_like(sd, k, v.shape, v.dtype) for k, v in st.tensors().items()}
 
         def commit():

@@ -253,10 +253,7 @@ class ReplayBuffer:
         ckpt.expect(sd.get("version") == ckpt.FORMAT_VERSION, "version", ckpt.FORMAT_VERSION, sd.get("version"))
         for key, want in self._config().items():
             ckpt.expect(sd.get(key) == want, key, want, sd.get(key))
-        num_added, added = sd.get("num_added"), sd.get("added")
-        if not isinstance(num_added, int) or not isinstance(added, int) or not 0 <= num_added <= added:
-            raise ValueError(f"load_state_dict: num_added/added: expected ints 0 <= num_added <= added, "
-                             f"got {num_added!r}, {added!r}")
+        num_added, added = ckpt.counts(sd, "")
         n = min(num_added, self.capacity)
         data = sd.get("data")
         if not isinstance(data, dict) or set(data) != set(self.spec):
