@@ -100,7 +100,7 @@ def update_triton(tree, keys: torch.Tensor, td: torch.Tensor, added: torch.Tenso
     # above SORT_DEDUP_MIN keys the in-kernel all-pairs scan (B*B/2 compares) would dominate:
     # find the duplicates with one device sort instead (the twin's way; same result)
     later = _later_duplicate(keys).view(torch.uint8) if B >= SORT_DEDUP_MIN else keys
-    tree.max_next.copy_(tree.maxes)
+    # tree.max_next == tree.maxes here (TreeState keeps them equal between calls)
     _update_kernel[grid](tree.sums, keys, td, added, tree.maxes, tree.max_next.view(torch.int64),
                          tree.counters, tree.hyper, math_constants(keys.device), later,
                          tree.leaf_offset, B, tree.capacity, HAS_LATER=B >= SORT_DEDUP_MIN,
