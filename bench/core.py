@@ -86,8 +86,8 @@ def bench_backend(capacity: int, device: torch.device, backend: str, fanout: int
 
 def available_backends(device: torch.device) -> list[str]:
     if device.type == "cuda":
-        return ["triton", "torch"] if kernels.HAVE_TRITON else ["torch"]
-    return ["numba", "torch"] if kernels.HAVE_NUMBA else ["torch"]
+        return ["triton", "torch"] if kernels.available("triton") else ["torch"]
+    return ["numba", "torch"] if kernels.available("numba") else ["torch"]
 
 
 def main(argv=None):
@@ -105,7 +105,7 @@ def main(argv=None):
     print(f"# gpu_replay core benchmark: capacity {cap:,}, device {name}, torch {torch.__version__}")
     print("| backend | fanout | B | sample µs | update µs | add µs |")
     print("|---|---:|---:|---:|---:|---:|")
-    from gpu_replay._tree import DEFAULT_FANOUT
+    from gpu_replay.sumtree import DEFAULT_FANOUT
     for backend in available_backends(device):
         for fanout in args.fanout:
             fanout = fanout or DEFAULT_FANOUT

@@ -37,10 +37,11 @@ def soak(ops: int, capacity: int = 1000, check_every: int = 10_000, backend: str
     t0 = time.perf_counter()
     next_report = t0 + 10
     for i in range(ops):
-        kind = kinds[i] if rb.num_added else 0
+        added = rb.sampler.counter.added()  # the next key
+        kind = kinds[i] if added else 0
         if kind == 0:
             n = int(rng.integers(1, 65))
-            k = torch.arange(rb.num_added, rb.num_added + n)
+            k = torch.arange(added, added + n)
             valid = torch.from_numpy(rng.random(n) > 0.05)
             rb.add({"key": k.to(dev), "obs": k.float()[:, None].repeat(1, 4).to(dev)}, valid=valid.to(dev))
             counts["add"] += 1
@@ -58,8 +59,8 @@ def soak(ops: int, capacity: int = 1000, check_every: int = 10_000, backend: str
                     violations["zero_priority_sampled"] += 1
         else:
             B = int(rng.integers(1, 129))
-            lo = rb.num_added - capacity - 5
-            keys = torch.from_numpy(rng.integers(lo, rb.num_added + 3, size=B))
+            lo = added - capacity - 5
+            keys = torch.from_numpy(rng.integers(lo, added + 3, size=B))
             if last_keys is not None and rng.random() < 0.5:
                 m = min(B, last_keys.shape[0])
                 keys[:m] = last_keys[:m].cpu()

@@ -1,4 +1,10 @@
-"""The replay buffers: uniform and prioritized, both device-resident rings of named fields."""
+"""The replay buffers: a lock, a storage, a sampler and an optional n-step stage.
+
+``ReplayBuffer`` samples uniformly, ``PrioritizedReplayBuffer`` by priority; both keep their
+rows in a ``Storage`` (``gpu_replay.storage``), hand out keys through their sampler's
+``KeyCounter`` (``gpu_replay.keys``) and, given ``n_step=``, feed themselves from an ``NStep``
+(``gpu_replay.nstep``). Each piece of state has one owner; the buffer only composes them.
+"""
 from __future__ import annotations
 
 import functools
@@ -6,12 +12,14 @@ import threading
 
 import torch
 
-from . import _checkpoint as ckpt
-
-from ._storage import Storage, as_device, check_float, check_int, check_keys, check_mask
-from ._tree import DEFAULT_FANOUT, SumTree
-from .kernels.sample import keys_from_slots
+from . import checkpoint as ckpt
+from ._checks import StateReader, as_device, check_int, check_keys, check_mask, check_rows
 from .nstep import NStep
+from .sampler import PrioritizedSampler, Sample, UniformSampler, linear_beta
+from .storage import Storage
+from .sumtree import DEFAULT_FANOUT
+
+__all__ = ["Batch", "ReplayBuffer", "PrioritizedReplayBuffer", "linear_beta"]
 
 
 class Batch:
@@ -32,7 +40,7 @@ class Batch:
         try:
             return self.fields[name]
         except KeyError:
-            raise KeyError(f"no field {name!r}; fields are {list(self.fields)}") from None
+            raise KeyError(f"batch[{name!r}]: expected one of the fields {list(self.fields)}, got {name!r}") from None
 
     def __contains__(self, name: str) -> bool:
         return name in self.fields
@@ -42,19 +50,6 @@ class Batch:
 
     def __repr__(self) -> str:
         return f"Batch(size={len(self)}, fields={list(self.fields)})"
-
-
-def linear_beta(step: int, total_steps: int, beta0: float = 0.4, beta1: float = 1.0) -> float:
-    """beta annealed linearly from beta0 to beta1 over total_steps, then held (never past beta1).
-
-    >>> linear_beta(0, 100), linear_beta(50, 100), linear_beta(10_000, 100)
-    (0.4, 0.7, 1.0)
-    """
-    total_steps = check_int(total_steps, "total_steps", 1)
-    beta0 = check_float(beta0, "beta0", 0.0, 1.0)
-    beta1 = check_float(beta1, "beta1", beta0, 1.0)
-    frac = min(max(step, 0) / total_steps, 1.0)
-    return round(beta0 + frac * (beta1 - beta0), 12)
 
 
 def _locked(method):
@@ -73,28 +68,23 @@ class ReplayBuffer:
     ``{"obs": ((4, 84, 84), torch.uint8), "action": ((), torch.int64), "reward": ((), torch.float32)}``.
     Each field is one preallocated tensor [capacity, *shape] on ``device``.
 
-    - ``add(batch, valid=None)``: a mapping of tensors or numpy arrays with a leading batch
-      dim (any device; dtypes that cast safely are converted). Returns int64 keys,
-      monotonic; the row lives at slot ``key % capacity`` until overwritten. A batch longer
-      than the capacity keeps its last ``capacity`` rows, as a ring would. Rows whose
-      ``valid`` is False are stored but never sampled.
-    - ``sample(batch_size)``: rows drawn uniformly with replacement from the stored (valid) ones.
-
     n-step returns in the same object: pass ``n_step``, ``gamma`` and ``num_envs`` (and
     gymnasium's ``autoreset_mode``) and feed it with ``step(obs, action, reward, next_obs,
-    terminated, truncated, **extra)``, one transition per env; ``spec`` then names the
-    per-step fields (``obs``, ``action`` and extras) and the stored rows also get
+    terminated, truncated, info=info, **extra)``, one transition per env; ``spec`` then names
+    the per-step fields (``obs``, ``action`` and extras) and the stored rows also get
     ``reward`` (n-step return), ``next_obs``, ``discount`` (gamma**k) and ``terminated``
-    (see ``gpu_replay.nstep.NStep``). The TD target is
+    (see ``gpu_replay.nstep``). The TD target is
     ``reward + discount * (1 - terminated) * max_a Q(next_obs, a)``.
 
-    Checkpoints: ``state_dict()`` / ``load_state_dict()`` hold the stored rows, keys and
-    cursor, the tree, the max priority, the counters, the n-step windows and the state of a
+    Checkpoints: ``state_dict()`` / ``load_state_dict()`` hold the stored rows, the key
+    counter, the sampler's tree, maxima and counters, the n-step windows and the state of a
     given ``generator``; ``save(path)`` writes them atomically (temporary file, fsync,
     rename: a crash mid-save leaves the previous file intact) with a checksum, and
     ``load(path)`` refuses a truncated, corrupt or mismatched (capacity, spec, version,
     alpha, ...) file with a ValueError, leaving the buffer as it was. Files move freely
     between CPU and CUDA buffers (a generator state is restored when the device kinds match).
+    Keys are never reused: after ``clear()`` or a ``load()`` that rolls back, every key
+    handed out before is stale.
 
     Threads: every public call holds the buffer's lock for its whole duration, so an actor
     thread adding while a learner samples and updates never sees a half-written row or a
@@ -117,21 +107,33 @@ class ReplayBuffer:
 
     def __init__(self, capacity: int, spec, device=None, generator: torch.Generator | None = None,
                  n_step: int | None = None, gamma: float = 0.99, num_envs: int | None = None,
-                 autoreset_mode="next_step"):
+                 autoreset_mode="next_step", backend: str = "auto"):
         capacity = check_int(capacity, "capacity", 1, 2 ** 40)
         self.device = as_device(device)
-        self.nstep = None
-        if n_step is not None:
-            if num_envs is None:
-                raise ValueError("num_envs: expected the number of environments when n_step is given, got None")
-            self.nstep = NStep(num_envs, n_step, gamma, self.device, spec=spec, autoreset_mode=autoreset_mode)
-            spec = self.nstep.buffer_spec()
-        self.storage = Storage(capacity, spec, self.device)
         self.generator = generator
-        self.added = torch.zeros((), dtype=torch.int64, device=self.device)
-        self.num_added = 0
-        self._valid_tree: SumTree | None = None  # made at the first add() with a mask
         self._lock = threading.RLock()
+        with torch.inference_mode(False):  # a buffer made inside inference_mode stays writable
+            self.nstep = self._make_nstep(spec, n_step, gamma, num_envs, autoreset_mode, backend)
+            if self.nstep is not None:
+                spec = self.nstep.buffer_spec()
+            self.storage = Storage(capacity, spec, self.device)
+            self.sampler = self._make_sampler(capacity, backend)
+        tree = getattr(self.sampler, "tree", None) or getattr(self.sampler, "mask_tree", None)
+        if tree is not None:
+            tree.lock = self._lock  # rb.tree.check() from a monitor thread waits for a call in flight
+
+    def _make_nstep(self, spec, n_step, gamma, num_envs, autoreset_mode, backend):
+        if n_step is None:
+            return None
+        if num_envs is None:
+            raise ValueError("num_envs: expected the number of environments when n_step is given, got None")
+        return NStep(num_envs, n_step, gamma, self.device, spec=spec, autoreset_mode=autoreset_mode,
+                     backend=backend)
+
+    def _make_sampler(self, capacity: int, backend: str):
+        # next-step autoreset emits rows that are not transitions: a validity mask from the start
+        masked = self.nstep is not None and self.nstep.autoreset_mode == "next_step"
+        return UniformSampler(capacity, self.device, backend, masked=masked)
 
     @property
     def capacity(self) -> int:
@@ -141,138 +143,179 @@ class ReplayBuffer:
     def spec(self):
         return self.storage.spec
 
-    def __len__(self) -> int:
-        return min(self.num_added, self.capacity)
+    @property
+    def nbytes(self) -> int:
+        """Device bytes the stored rows take (the storage; the sampler's tree is ~8-16 bytes
+        a row more for prioritized replay)."""
+        return self.storage.nbytes
 
+    @property
+    def num_added(self) -> int:
+        """Rows added since the buffer was made or last cleared (a device read on CUDA)."""
+        added, floor = self.sampler.counter.read()
+        return added - floor
+
+    def __len__(self) -> int:
+        """Rows stored (at most ``capacity``). On CUDA this reads the device key counter (a
+        sync), so it is right after CUDA graph replays too."""
+        return self.sampler.counter.live()
+
+    # ------------------------------------------------------------------ adding
     @_locked
     def add(self, batch, valid=None) -> torch.Tensor:
-        n, tensors = self.storage.check_batch(batch)
-        return self._add(n, tensors, check_mask(valid, n, self.device))
+        """Store rows; returns their keys (int64 [n] on the device, monotonic).
 
-    def _add(self, n: int, tensors: dict, valid) -> torch.Tensor:
-        """``add`` after the checks (the n-step rows come here directly: they are made in
-        the spec's shapes and dtypes, on the device)."""
-        if valid is not None and self._valid_tree is None:
-            # uniform over the valid rows = a sum tree with every valid row at priority 1
-            self._valid_tree = SumTree(self.capacity, alpha=0.0, device=self.device)
-            if self.num_added:
-                self._valid_tree.add(self.num_added)
-        keys = self.added + torch.arange(n, dtype=torch.int64, device=self.device)
-        self.storage.write(keys, tensors, self.num_added)
-        if self._valid_tree is not None:
-            self._valid_tree.add(n, valid)
-        self.added.add_(n)
-        self.num_added += n
-        return keys
+        ``batch``: a mapping with exactly the spec's fields, each a tensor (any device) or
+        numpy array of shape [n, *shape] with a dtype that casts safely to the field's
+        (``torch.can_cast``: float64 -> float32 rounds, int64 -> uint8 wraps; float -> int is
+        refused). Tensors that require grad are stored detached. Row i gets key
+        ``A + i`` (A = rows ever added, counting keys skipped by ``clear``) and lives at slot
+        ``key % capacity`` until overwritten; a batch longer than the capacity keeps its last
+        ``capacity`` rows, as a ring would. ``valid`` (bool [n]): rows where it is False are
+        stored but never sampled, whatever is later done with their keys. A rejected call
+        (bad field set, shape, dtype, device, a conversion that fails) raises before anything
+        is written.
+        """
+        n, rows = check_rows(self.spec, batch, self.device)
+        return self._add(n, rows, check_mask(valid, n, self.device))
 
-    @_locked
-    def sample(self, batch_size: int) -> Batch:
-        batch_size = check_int(batch_size, "batch_size", 1, 2 ** 31 - 1)
-        if len(self) == 0:
-            raise ValueError("sample: the buffer is empty; add rows first")
-        if self._valid_tree is not None:
-            keys, slots, _, _ = self._valid_tree._sample(batch_size, 0.0, self.generator, "global")
-            return Batch(self.storage.gather(slots), keys)
-        slots = torch.randint(0, len(self), (batch_size,), generator=self.generator, device=self.device)
-        return Batch(self.storage.gather(slots), keys_from_slots(slots, self.added, self.capacity))
+    def _add(self, n: int, rows: dict, valid) -> torch.Tensor:
+        """``add`` after the checks (the n-step rows come here directly)."""
+        rows = self.storage.prepare(rows)  # every field ready before the first write
+        counter = self.sampler.counter
+        first = int(counter.np[0]) if counter.np is not None else None
+        self.storage.write(rows, n, first, counter)
+        return self.sampler.add(n, valid)
 
     @_locked
-    def step(self, obs, action, reward, next_obs, terminated, truncated, **kwargs) -> torch.Tensor | None:
+    def step(self, obs, action, reward, next_obs, terminated, truncated, *, info=None, final_obs=None,
+             final_obs_mask=None, **extra) -> torch.Tensor | None:
         """One environment step per env through the n-step windows; the transitions it
-        completes (exactly num_envs rows after the first n - 1 calls) are added. Returns
-        their keys, or None while the windows fill. Needs ``n_step`` at construction."""
+        completes are added. Returns their keys, or None while the windows fill.
+
+        Inputs as gymnasium's vector env gives them (leading dim ``num_envs``; numpy arrays
+        or tensors): ``obs``/``next_obs`` ``[E, *obs_shape]``, ``action`` and extras
+        ``[E, *shape]``, ``reward`` ``[E]``, ``terminated``/``truncated`` bool ``[E]``; pass
+        ``info=info`` (same-step autoreset reads the final observations from it; the other
+        modes check it for a mode mismatch). After the first n - 1 calls every call adds
+        exactly ``num_envs`` rows: row e is the transition env e started n - 1 calls ago,
+        with reward R = sum_{j<k} gamma**j r_{t+j}, ``next_obs`` after its k-th step,
+        ``discount`` = gamma**k and ``terminated``, k = n or fewer when the episode ended
+        (truncation bootstraps, termination does not; rewards never cross an episode). With
+        next-step autoreset the reset step is stored as an invalid row (never sampled).
+        Needs ``n_step`` at construction.
+        """
         if self.nstep is None:
-            raise ValueError("step: this buffer has no n-step stage; construct it with n_step=, gamma=, num_envs=")
-        out = self.nstep.step(obs, action, reward, next_obs, terminated, truncated, **kwargs)
-        return None if out is None else self._add(self.nstep.num_envs, *self._rows_mask(out))
+            raise ValueError("step: expected a buffer with an n-step stage (construct it with n_step=, "
+                             "gamma=, num_envs=), got one without")
+        out = self.nstep._step(obs, action, reward, next_obs, terminated, truncated, info, final_obs,
+                               final_obs_mask, extra)
+        return None if out is None else self._add_emitted(out)
 
     @_locked
     def flush(self) -> torch.Tensor | None:
         """Add what is left in the n-step windows (the end of a run); returns its keys or None."""
         if self.nstep is None:
-            raise ValueError("flush: this buffer has no n-step stage; construct it with n_step=, gamma=, num_envs=")
+            raise ValueError("flush: expected a buffer with an n-step stage (construct it with n_step=, "
+                             "gamma=, num_envs=), got one without")
         out = self.nstep.flush()
-        return None if out is None else self._add(out[1].shape[0], *self._rows_mask(out))
+        return None if out is None else self._add_emitted(out)
 
-    def _rows_mask(self, out):
-        """Only next-step autoreset makes rows that are not transitions; in the other modes
-        every emitted row is valid, so no mask (and, for uniform replay, no tree) is needed."""
+    def _add_emitted(self, out) -> torch.Tensor:
         rows, valid = out
-        return rows, (valid if self.nstep.autoreset_mode == "next_step" else None)
+        # only next-step autoreset makes rows that are not transitions
+        return self._add(valid.shape[0], rows, valid if self.nstep.autoreset_mode == "next_step" else None)
 
+    # ------------------------------------------------------------------ sampling
+    @_locked
+    def sample(self, batch_size: int) -> Batch:
+        """``batch_size`` rows drawn uniformly with replacement from the stored rows (the
+        valid ones, if masks were used), with the buffer's ``generator``; returns a ``Batch``
+        (``weights`` and ``priorities`` None). Raises ValueError on an empty buffer."""
+        batch_size = check_int(batch_size, "batch_size", 1, 2 ** 31 - 1)
+        return self._batch(self.sampler.sample(batch_size, self.generator))
 
+    def _batch(self, s: Sample) -> Batch:
+        return Batch(self.storage.gather(s.slots), s.keys, s.weights, s.priorities)
+
+    # ------------------------------------------------------------------ lifecycle
     @_locked
     def clear(self) -> None:
-        """Empty the buffer (and its n-step windows); keys start again at 0."""
-        for buf in self.storage.data.values():
-            buf.zero_()
-        self.added.zero_()
-        self.num_added = 0
-        self._valid_tree = None
+        """Empty the buffer (and its n-step windows). Keys go on from the next multiple of the
+        capacity: every key handed out before is stale for good."""
+        self.storage.clear()
+        self.sampler.clear()
         if self.nstep is not None:
             self.nstep.reset()
-        self._clear_tree()
 
-    def _clear_tree(self) -> None:
-        pass
-
-    # ------------------------------------------------------------------ checkpoints
     def _config(self) -> dict:
         return {"kind": type(self).__name__, "capacity": self.capacity, "spec": ckpt.spec_to_state(self.spec)}
 
     @_locked
     def state_dict(self) -> dict:
-        """Everything needed to resume, as CPU tensors and plain values (reads the device)."""
+        """Everything needed to resume, as CPU tensors and plain values (reads the device: a sync)."""
         n = len(self)
         g = self.generator
         return {
             "format": "gpu_replay", "version": ckpt.FORMAT_VERSION, **self._config(),
-            "num_added": self.num_added, "added": int(self.added),
-            "data": {k: v[:n].detach().to("cpu", copy=True) for k, v in self.storage.data.items()},
-            "tree": self._tree_state(),
-            "nstep": None if self.nstep is None else _cpu(self.nstep.state_dict()),
+            "rows": n, "data": self.storage.rows_state(n),
+            "sampler": self.sampler.state_dict(),
+            "nstep": None if self.nstep is None else self.nstep.state_dict(),
             "generator": None if g is None else {"device": g.device.type, "state": g.get_state()},
         }
 
-    def _tree_state(self):
-        return None if self._valid_tree is None else self._valid_tree.state_dict()
-
-    def _prepare_tree(self, sd):
-        if sd is None:
-            return lambda: setattr(self, "_valid_tree", None)
-        tree = SumTree(self.capacity, alpha=0.0, device=self.device)
-        commit = tree._prepare_load(sd)
-        return lambda: (commit(), setattr(self, "_valid_tree", tree))
-
     @_locked
     def load_state_dict(self, sd) -> None:
-        """Restore ``state_dict()``/``load()`` output. Everything is checked first: a
-        mismatch (kind, capacity, spec, version, alpha, ...) raises ValueError and changes nothing."""
-        if not isinstance(sd, dict) or sd.get("format") != "gpu_replay":
-            raise ValueError("load_state_dict: not a gpu_replay state dict")
-        ckpt.expect(sd.get("version") == ckpt.FORMAT_VERSION, "version", ckpt.FORMAT_VERSION, sd.get("version"))
+        """Restore ``state_dict()``/``load()`` output. Everything is checked first (config,
+        every tensor's shape, dtype and values, the generator state): a mismatch raises
+        ValueError and changes nothing."""
+        r = StateReader(sd, "load_state_dict")
+        r.check(r.sd.get("format") == "gpu_replay", "format", "'gpu_replay'", repr(r.sd.get("format")))
+        r.same("version", ckpt.FORMAT_VERSION)
         for key, want in self._config().items():
-            ckpt.expect(sd.get(key) == want, key, want, sd.get(key))
-        num_added, added = ckpt.counts(sd, "")
-        n = min(num_added, self.capacity)
-        data = sd.get("data")
-        if not isinstance(data, dict) or set(data) != set(self.spec):
-            raise ValueError(f"load_state_dict: data: expected fields {list(self.spec)}")
-        rows = {k: ckpt.tensor_like(data, k, (n, *shape), dt) for k, (shape, dt) in self.spec.items()}
-        commit_tree = self._prepare_tree(sd.get("tree"))
-        ckpt.expect((sd.get("nstep") is None) == (self.nstep is None), "n-step stage",
-                    self.nstep is not None, sd.get("nstep") is not None)
-        gen = sd.get("generator")
-        if self.nstep is not None:
-            self.nstep.load_state_dict(sd["nstep"])  # checks fully before it changes anything
-        commit_tree()
-        for k, buf in self.storage.data.items():
-            buf[:n].copy_(rows[k])
-            buf[n:].zero_()
-        self.added.fill_(added)
-        self.num_added = num_added
-        if gen is not None and self.generator is not None and gen["device"] == self.generator.device.type:
-            self.generator.set_state(gen["state"])
+            r.same(key, want)
+        sampler = r.sub("sampler")
+        tree = sampler.sub("tree") if sampler.has("tree") else sampler
+        added = tree.int("added", 0, 2 ** 62)
+        floor = tree.int("floor", 0, added)
+        tree.check(floor % self.capacity == 0, "floor", f"a multiple of the capacity {self.capacity}", floor)
+        n = r.int("rows", 0, self.capacity)
+        r.check(n == min(added - floor, self.capacity), "rows", f"min(added - floor, capacity) = "
+                f"{min(added - floor, self.capacity)}", n)
+        data = r.sub("data")
+        r.check(set(data.sd) == set(self.spec), "data", f"the fields {list(self.spec)}", list(data.sd))
+        rows = {k: data.tensor(k, (n, *shape), dt) for k, (shape, dt) in self.spec.items()}
+        shift = self.sampler.counter.shift_for(added, floor)
+        commit_sampler = self.sampler.prepare_load(sampler, shift)
+        nsd = r.get("nstep")
+        r.check((nsd is None) == (self.nstep is None), "nstep", "an n-step state" if self.nstep is not None
+                else "None (this buffer has no n-step stage)", "None" if nsd is None else "an n-step state")
+        commit_nstep = self.nstep.prepare_load(nsd, r.sub("nstep")) if self.nstep is not None else None
+        gen = self._check_generator(r.get("generator"))
+        # everything checked: commit
+        if commit_nstep is not None:
+            commit_nstep()
+        commit_sampler()
+        self.storage.load_rows(rows, n)
+        if gen is not None:
+            self.generator.set_state(gen)
+
+    def _check_generator(self, g):
+        """The generator state to restore (None: nothing to restore), checked on a scratch
+        generator first so that a bad entry fails before anything changes."""
+        if g is None or self.generator is None:
+            return None
+        if not isinstance(g, dict) or set(g) != {"device", "state"} or not isinstance(g["state"], torch.Tensor):
+            raise ValueError(f"load_state_dict.generator: expected {{'device': str, 'state': uint8 tensor}}, got "
+                             f"{type(g).__name__}")
+        if g["device"] != self.generator.device.type:
+            return None  # CPU and CUDA generator states differ: keep this buffer's generator
+        try:
+            torch.Generator(self.generator.device).set_state(g["state"])
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"load_state_dict.generator: expected a valid {g['device']} generator state, got "
+                             f"one that does not load ({type(e).__name__}: {e})") from e
+        return g["state"]
 
     def save(self, path) -> None:
         """Write ``state_dict()`` to ``path`` atomically (see the class docstring)."""
@@ -283,31 +326,18 @@ class ReplayBuffer:
         self.load_state_dict(ckpt.load_checked(path))
 
 
-def _cpu(sd: dict) -> dict:
-    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v for k, v in sd.items()}
-
-
 class PrioritizedReplayBuffer(ReplayBuffer):
     """Prioritized experience replay (Schaul et al. 2016) on a device-resident K-ary sum tree.
 
-    - ``add(batch, valid=None)``: as ``ReplayBuffer.add``; every new row enters with the
-      running max priority (m ** alpha, m = max |d| + eps seen, 1.0 at first). Rows whose
-      ``valid`` is False are stored with priority 0 and never sampled.
-    - ``sample(batch_size, beta)``: P(i) = p_i / sum p, stratified; returns a ``Batch`` with
-      the fields, ``keys``, ``weights`` (float32 IS weights (N P(i)) ** -beta, divided by
-      their global max, i.e. (p_i / p_min) ** -beta; ``normalize="batch"`` divides by the
-      batch max instead) and ``priorities``.
-    - ``step(...)`` / ``flush()`` with ``n_step=`` (see ``ReplayBuffer``): n-step rows go
-      straight in, the rows that only keep the shape fixed with priority 0.
-    - ``update_priorities(keys, td_errors)``: p = (|d| + eps) ** alpha. A key whose row was
-      overwritten since it was sampled is dropped (never applied to the newer row); NaN and
-      inf TD errors are replaced by the running max and counted (``strict=True`` raises and
-      changes nothing); a key repeated in one call: the last write wins. Negative TD errors
-      are ordinary: |d| is used.
+    Everything ``ReplayBuffer`` does (``add``, ``step``/``flush`` with ``n_step=``,
+    checkpoints, threads), with rows drawn by priority: ``sample(batch_size, beta)`` draws
+    P(i) = p_i / sum p and returns IS weights; ``update_priorities(keys, td_errors)`` sets
+    p = (|d| + eps) ** alpha. New rows enter with the running max priority.
 
     On CUDA no call waits for the device (no ``.item()``, no data-dependent shapes); the
-    Triton kernels run with ``backend="auto"``/``"triton"``, the pure-torch twins with
-    ``"torch"`` (and on every non-CUDA device). Results of the two are bit-identical.
+    Triton kernels run with ``backend="auto"``/``"triton"``, numba-compiled loops on the
+    CPU, the pure-torch twins with ``"torch"`` (and on any other device). Results of all
+    three are bit-identical.
 
     Example::
 
@@ -328,13 +358,16 @@ class PrioritizedReplayBuffer(ReplayBuffer):
                  fanout: int = DEFAULT_FANOUT, normalize: str = "global", strict: bool = False,
                  n_step: int | None = None, gamma: float = 0.99, num_envs: int | None = None,
                  autoreset_mode="next_step"):
-        super().__init__(capacity, spec, device, generator, n_step, gamma, num_envs, autoreset_mode)
-        if normalize not in ("global", "batch"):
-            raise ValueError(f"normalize: expected 'global' or 'batch', got {normalize!r}")
-        self.tree = SumTree(self.capacity, fanout, alpha, eps, self.device, backend)
-        self.added = self.tree.added  # one key counter, shared with the tree
-        self.normalize = normalize
-        self.strict = bool(strict)
+        self._tree_args = dict(alpha=alpha, eps=eps, fanout=fanout, normalize=normalize, strict=strict)
+        super().__init__(capacity, spec, device, generator, n_step, gamma, num_envs, autoreset_mode, backend)
+
+    def _make_sampler(self, capacity: int, backend: str):
+        return PrioritizedSampler(capacity, self.device, backend=backend, **self._tree_args)
+
+    @property
+    def tree(self):
+        """The ``SumTree`` of priorities (and the key counter)."""
+        return self.sampler.tree
 
     @property
     def backend(self) -> str:
@@ -348,37 +381,57 @@ class PrioritizedReplayBuffer(ReplayBuffer):
     def eps(self) -> float:
         return self.tree.eps
 
-    def _add(self, n: int, tensors: dict, valid) -> torch.Tensor:
-        keys = self.added + torch.arange(n, dtype=torch.int64, device=self.device)
-        self.storage.write(keys, tensors, self.num_added)
-        self.tree._add(keys, valid)
-        self.num_added += n
-        return keys
+    @property
+    def normalize(self) -> str:
+        return self.sampler.normalize
 
     @_locked
-    def sample(self, batch_size: int, beta: float = 0.4) -> Batch:
-        keys, slots, prio, w = self.tree._sample(batch_size, beta, self.generator, self.normalize)
-        return Batch(self.storage.gather(slots), keys, w, prio)
+    def sample(self, batch_size: int, beta=0.4) -> Batch:
+        """``batch_size`` rows drawn with P(i) = p_i / sum_j p_j, stratified: draw i takes
+        u_i = (i + r_i) * total / B, r_i ~ U[0, 1) from the buffer's ``generator``, and the row
+        whose interval of the cumulative priority holds u_i. Returns a ``Batch`` with
+        ``weights`` w_i = (N P(i)) ** -beta / max_j (N P(j)) ** -beta = (p_i / p_min) ** -beta
+        (float32; ``normalize="batch"`` divides by the batch's max weight instead) and
+        ``priorities`` p_i (float64). A row with priority 0 (added with ``valid=False``) is
+        never returned, even for draws at the very top of the mass. ``beta``: a float in
+        [0, 1] (see ``linear_beta``) or a one-element float tensor on the device (read there:
+        a CUDA graph replays with its current value). Empty buffer: ValueError; every stored
+        row invalid: ValueError on the CPU; on CUDA (which cannot check without a sync) keys
+        -1 with weight 0.
+        """
+        batch_size = check_int(batch_size, "batch_size", 1, 2 ** 31 - 1)
+        return self._batch(self.sampler.sample(batch_size, self.generator, beta))
 
     @_locked
     def update_priorities(self, keys, td_errors) -> None:
-        self.tree.update(keys, td_errors, strict=self.strict)
+        """p = clamp((|d| + eps) ** alpha, 2**-500, 2**500) for each key's row, from raw TD
+        errors d (a tensor [B] or [B, 1] on any device, numpy, or a list; it may require
+        grad). Rules, all applied on the device without a sync:
+
+        - a key whose row was overwritten or cleared since it was sampled, a key never handed
+          out, and a key of a row added with ``valid=False`` are dropped and counted
+          (``stats()["stale_dropped"]``), never applied to another row;
+        - NaN/inf TD errors are replaced by the running max (|d| + eps) and counted
+          (``stats()["sanitized"]``); ``strict=True`` raises instead and changes nothing;
+        - a key repeated in one call: the last write wins; negative d are ordinary (|d|);
+        - the running max, which new rows enter with, only grows.
+        """
+        keys, td = check_keys(keys, td_errors, self.device)
+        self.sampler.update(keys, td)
 
     def _config(self) -> dict:
-        return {**super()._config(), "fanout": self.tree.state.fanout, "alpha": self.alpha, "eps": self.eps}
-
-    def _tree_state(self):
-        return self.tree.state_dict()
-
-    def _clear_tree(self) -> None:
-        self.tree.clear()
-
-    def _prepare_tree(self, sd):
-        return self.tree._prepare_load(sd)
+        return {**super()._config(), "fanout": self.tree.fanout, "alpha": self.alpha, "eps": self.eps}
 
     @_locked
     def stats(self) -> dict:
-        """{"sanitized": NaN/inf TD errors replaced, "stale_dropped": updates dropped because
-        the row had been overwritten, "max_raw_priority": running max of |d| + eps}.
-        Producing these never syncs; reading them here does."""
+        """{"sanitized": NaN/inf TD errors replaced, "stale_dropped": updates dropped (stale,
+        never handed out, or an invalid row), "max_raw_priority": running max of |d| + eps,
+        "max_priority": the priority new rows enter with}. Producing these never syncs;
+        reading them here does."""
         return self.tree.stats()
+
+    @_locked
+    def check(self) -> float:
+        """The tree against a float64 recomputation (0.0 expected; see ``SumTree.check``),
+        under the buffer's lock (a monitor thread sees no half-made update)."""
+        return self.tree.check()

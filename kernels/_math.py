@@ -1,39 +1,37 @@
-"""Shared device math: a power function made only of correctly rounded operations.
+"""Shared device math: a power function made only of correctly rounded operations, the
+priority bounds, and the one helper that picks block size and warps.
 
-Why not ``torch.pow``: the Triton kernels and their torch twins must agree bit for bit,
-on CUDA and under the Triton interpreter (which runs numpy). ``torch.pow``, numpy's
-``power`` and libdevice's ``pow`` round differently in the last bit. ``pow_pos`` below
+Why not ``torch.pow``: the Triton kernels, the numba loops and their torch twins must agree
+bit for bit, on CUDA and under the Triton interpreter (which runs numpy). ``torch.pow``,
+numpy's ``power`` and libdevice's ``pow`` round differently in the last bit. ``pow_pos``
 uses only +, -, *, integer bit operations, table look-ups and ``floor``; each of those is
-exact or correctly rounded everywhere, and both twins apply them in the same order, so
-priorities and IS weights are identical on every device and backend (and a checkpoint
-moved between CPU and CUDA samples the same batches).
+exact or correctly rounded everywhere, and every twin applies them in the same order, so
+priorities and IS weights are identical on every device and backend (and a checkpoint moved
+between CPU and CUDA samples the same batches).
 
     x**y = exp(y * ln x),  x > 0 finite,
     ln x  = e*ln2 + ln(c_j) + log1p(m/c_j - 1),   x = m * 2**e, m in [1, 2), j = top 6 bits of m
     exp t = 2**(q) * 2**(j/64) * expm1-series(r),  t = (64q + j) * ln2/64 + r, |r| <= ln2/128
 
-Relative error is below 1e-13 over the range priorities and weights use.
-Also here: ``seq_cumsum``/``seq_cumprod`` (left-to-right, the order the kernels use) and
-``launch_config`` (the one helper that picks block size and warps).
+Relative error is below 1e-13 for |t| <= 700, the range the bounds below keep it in.
+
+Priority bounds. A priority is p = (|d| + eps) ** alpha clamped to [P_MIN, P_MAX] = [2**-500,
+2**500] (the raw value is clamped first, so that ``pow_pos`` never leaves its range):
+
+- p > 0 always: a row that may be sampled never has priority 0 (0 marks rows that must not be);
+- the root sum <= capacity * P_MAX <= 2**540 and every intermediate of the sampling descent,
+  ``(i + r) * total / B``, stays finite; the IS-weight ratio p / p_min <= 2**1000 is finite;
+- p is monotone (non-decreasing) in |d|: huge TD errors all get P_MAX, never a wrapped value.
+
+This module needs torch and numpy only; the Triton and numba versions of ``pow_pos`` are in
+``_jit`` (imported by the op files, under their guards).
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
-
-try:  # triton is optional: CPU-only machines run the torch twins
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised on machines without triton
-    triton = None
-    tl = None
-
-try:  # numba is optional: the compiled CPU backend
-    import numba
-    import numpy as np
-except ImportError:  # pragma: no cover
-    numba = None
 
 TABLE_BITS = 6
 TABLE = 1 << TABLE_BITS
@@ -54,6 +52,24 @@ N_CONST = OFF_EXPC + N_EXP
 MANT_MASK = 0x000FFFFFFFFFFFFF
 ONE_BITS = 0x3FF0000000000000
 
+P_MAX = 2.0 ** 500
+P_MIN = 2.0 ** -500
+
+
+def raw_bounds(alpha: float) -> tuple[float, float]:
+    """[lo, hi] for the raw value |d| + eps such that lo ** alpha >= P_MIN and
+    hi ** alpha <= P_MAX (up to the last bit; the result is clamped again after the power)."""
+    if alpha == 0.0:
+        return 0.0, float(np.finfo(np.float64).max)
+    hi = math.exp(math.log(P_MAX) / alpha) if math.log(P_MAX) / alpha < 709.0 else float(np.finfo(np.float64).max)
+    lo = math.exp(math.log(P_MIN) / alpha) if math.log(P_MIN) / alpha > -708.0 else float(np.finfo(np.float64).tiny)
+    return lo, hi
+
+
+def hyper_values(alpha: float, eps: float) -> list[float]:
+    """The float64 vector the update kernels read: [alpha, eps, raw lo, raw hi, P_MIN, P_MAX]."""
+    return [alpha, eps, *raw_bounds(alpha), P_MIN, P_MAX]
+
 
 def _constants() -> list[float]:
     c = [math.log(2.0), TABLE / math.log(2.0), math.log(2.0) / TABLE]
@@ -63,8 +79,13 @@ def _constants() -> list[float]:
     c += [2.0 ** (j / TABLE) for j in range(TABLE)]
     c += [(-1.0) ** (k + 1) / k for k in range(1, N_LOG + 1)]
     c += [1.0 / math.factorial(k) for k in range(1, N_EXP + 1)]
-    assert len(c) == N_CONST
+    if len(c) != N_CONST:  # pragma: no cover - a layout edit that forgot a table
+        raise RuntimeError("constant table layout mismatch")
     return c
+
+
+CONSTANTS = _constants()
+CONSTANTS_NP = np.array(CONSTANTS, dtype=np.float64)  # what the numba loops read
 
 
 class TorchConstants:
@@ -72,13 +93,14 @@ class TorchConstants:
     views and the scalars as Python floats (the same doubles) for the torch twins."""
 
     def __init__(self, device: torch.device):
-        c = _constants()
-        self.all = torch.tensor(c, dtype=torch.float64, device=device)
+        # from a CPU tensor: no blocking host -> device copy of a Python list on CUDA
+        self.all = torch.from_numpy(CONSTANTS_NP.copy()).to(device)
         self.invc = self.all[OFF_INVC:OFF_INVC + TABLE]
         self.lnc = self.all[OFF_LNC:OFF_LNC + TABLE]
         self.exp2 = self.all[OFF_EXP2:OFF_EXP2 + TABLE]
         self.logc = self.all[OFF_LOGC:OFF_LOGC + N_LOG]
         self.expc = self.all[OFF_EXPC:OFF_EXPC + N_EXP]
+        c = CONSTANTS
         self.ln2, self.inv_ln2_t, self.ln2_t = c[C_LN2], c[C_INV_LN2_T], c[C_LN2_T]
 
 
@@ -86,27 +108,13 @@ _CONST_CACHE: dict[torch.device, TorchConstants] = {}
 
 
 def torch_constants(device) -> TorchConstants:
+    """The constants on ``device``, made once per device (call it at construction, not in a
+    hot call: the first copy to a GPU is a host -> device transfer)."""
     device = torch.device(device)
     t = _CONST_CACHE.get(device)
     if t is None:
         t = _CONST_CACHE[device] = TorchConstants(device)
     return t
-
-
-def math_constants(device) -> torch.Tensor:
-    """The float64 constant vector the kernels read (one copy per device)."""
-    return torch_constants(device).all
-
-
-_CPU_NP = None
-
-
-def cpu_constants_np():
-    """The CPU constant vector as a numpy array (what the numba loops read), made once."""
-    global _CPU_NP
-    if _CPU_NP is None:
-        _CPU_NP = math_constants("cpu").numpy()
-    return _CPU_NP
 
 
 def seq_cumsum(x: torch.Tensor) -> torch.Tensor:
@@ -140,7 +148,8 @@ def _series(r: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
 
 
 def pow_pos_torch(x: torch.Tensor, y, c: TorchConstants) -> torch.Tensor:
-    """x**y for float64 x > 0 (finite, normal) and finite y; torch twin of ``pow_pos``."""
+    """x**y for float64 x > 0 (finite, normal) and finite y with |y ln x| <= 700; the torch
+    twin of ``pow_pos``."""
     bits = x.view(torch.int64)
     e = ((bits >> 52) - 1023).to(torch.float64)
     j = (bits >> (52 - TABLE_BITS)) & (TABLE - 1)
@@ -154,81 +163,24 @@ def pow_pos_torch(x: torch.Tensor, y, c: TorchConstants) -> torch.Tensor:
     return c.exp2[k & (TABLE - 1)] * em * scale
 
 
-if triton is not None:
-
-    @triton.jit
-    def _series_tl(r, cst_ptr, OFF: tl.constexpr, N: tl.constexpr):
-        pw = r
-        acc = pw * tl.load(cst_ptr + OFF)
-        for k in tl.static_range(1, N):
-            pw = pw * r
-            acc = acc + pw * tl.load(cst_ptr + OFF + k)
-        return acc
-
-    @triton.jit
-    def pow_pos(x, y, cst_ptr):
-        """x**y for float64 x > 0, as ``pow_pos_torch`` (same operations, same order)."""
-        bits = x.to(tl.int64, bitcast=True)
-        e = ((bits >> 52) - 1023).to(tl.float64)
-        j = (bits >> 46) & 63
-        m = ((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000).to(tl.float64, bitcast=True)
-        r = m * tl.load(cst_ptr + 3 + j) - 1.0
-        t = (e * tl.load(cst_ptr) + tl.load(cst_ptr + 67 + j) + _series_tl(r, cst_ptr, 195, 7)) * y
-        kf = tl.floor(t * tl.load(cst_ptr + 1) + 0.5)
-        k = kf.to(tl.int64)
-        em = _series_tl(t - kf * tl.load(cst_ptr + 2), cst_ptr, 202, 6) + 1.0
-        q = tl.minimum(tl.maximum(k >> 6, -1022), 1023)
-        scale = ((q + 1023) << 52).to(tl.float64, bitcast=True)
-        return tl.load(cst_ptr + 131 + (k & 63)) * em * scale
+def priority_torch(raw: torch.Tensor, hyper: list[float], c: TorchConstants) -> torch.Tensor:
+    """p = clamp(clamp(raw, lo, hi) ** alpha, P_MIN, P_MAX) (see the module docstring)."""
+    alpha, _eps, lo, hi, pmin, pmax = hyper
+    p = pow_pos_torch(raw.clamp(lo, hi), alpha, c)
+    return p.clamp(pmin, pmax)
 
 
-if numba is not None:
-
-    @numba.njit(cache=True, nogil=True)
-    def pow_pos_nb(x, y, cst):
-        """x**y elementwise for a float64 array x > 0: the CPU-compiled twin of ``pow_pos``."""
-        n = x.shape[0]
-        bits = x.view(np.int64)
-        mb = np.empty(n, np.int64)
-        for i in range(n):
-            mb[i] = (bits[i] & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000
-        m = mb.view(np.float64)
-        out = np.empty(n, np.float64)
-        sb = np.empty(n, np.int64)
-        for i in range(n):
-            b = bits[i]
-            e = np.float64((b >> 52) - 1023)
-            j = (b >> 46) & 63
-            r = m[i] * cst[3 + j] - 1.0
-            pw = r
-            acc = pw * cst[195]
-            for k in range(1, 7):
-                pw = pw * r
-                acc = acc + pw * cst[195 + k]
-            t = (e * cst[0] + cst[67 + j] + acc) * y
-            kf = np.floor(t * cst[1] + 0.5)
-            ki = np.int64(kf)
-            r2 = t - kf * cst[2]
-            pw = r2
-            acc = pw * cst[202]
-            for k in range(1, 6):
-                pw = pw * r2
-                acc = acc + pw * cst[202 + k]
-            q = min(max(ki >> 6, -1022), 1023)
-            sb[i] = (q + 1023) << 52
-            out[i] = cst[131 + (ki & 63)] * (acc + 1.0)
-        scale = sb.view(np.float64)
-        for i in range(n):
-            out[i] = out[i] * scale[i]
-        return out
-
-
-# the kernel above hard-codes these offsets (constexpr globals are awkward in @jit)
-assert (OFF_INVC, OFF_LNC, OFF_EXP2, OFF_LOGC, OFF_EXPC) == (3, 67, 131, 195, 202)
+def next_power_of_2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
 
 
 def launch_config(n: int, max_block: int = 1024) -> tuple[int, int, tuple[int]]:
     """(BLOCK, num_warps, grid) for a 1-D launch over n items: one helper for every kernel."""
-    block = max(16, min(max_block, triton.next_power_of_2(max(n, 1))))
+    block = max(16, min(max_block, next_power_of_2(max(n, 1))))
     warps = 2 if block <= 128 else 4 if block <= 512 else 8
-    return block, warps, (triton.cdiv(max(n, 1), block),)
+    return block, warps, (-(-max(n, 1) // block),)
+
+
+# the Triton and numba versions (``_jit``) hard-code these offsets (constexpr globals are awkward in @jit)
+if (OFF_INVC, OFF_LNC, OFF_EXP2, OFF_LOGC, OFF_EXPC) != (3, 67, 131, 195, 202):  # pragma: no cover
+    raise RuntimeError("constant table offsets changed: update pow_pos/pow_pos1_nb")

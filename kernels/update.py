@@ -1,136 +1,214 @@
-"""Priority update from raw TD errors: the leaf write, with every PER rule applied on device.
+"""Priority update from raw TD errors: the leaf writes with every PER rule applied on the
+device, then the ancestors (``refresh``).
 
-For item i with key k_i and TD error d_i (A = keys ever added, C = capacity):
+For item i with key k_i and TD error d_i (A = keys handed out, F = the key floor below which
+keys are dead (cleared or rolled back), C = capacity, leaf = the value before this call):
 
-    stale_i  = k_i < A - C  or  k_i >= A  or  k_i < 0      (row overwritten / never written)
-    raw_i    = |d_i| + eps;  if raw_i is NaN or inf: raw_i = running max (before this call)
-    p_i      = raw_i ** alpha                                (``pow_pos``, exact on every device)
-    leaf[k_i % C] = p_i   unless stale_i, or a later item j > i has k_j == k_i
+    dropped_i = k_i < max(A - C, F)  or  k_i >= A       (row overwritten / never handed out)
+                or leaf[k_i % C] == 0                   (row stored with valid=False)
+    raw_i     = |d_i| + eps;  if NaN or inf: raw_i = running max raw (before this call)
+    raw_i     = clamp(raw_i, lo, hi);   p_i = clamp(raw_i ** alpha, P_MIN, P_MAX)   (``_math``)
+    leaf[k_i % C] = p_i   unless dropped_i, or a later item j > i has k_j == k_i
                           (the last write of a duplicate key wins)
 
-Counters (int64, device): [0] += #replaced NaN/inf among non-stale items, [1] += #stale.
-Running maxima ``maxes`` = [max raw, max p] over the good (finite), non-stale items: the
-kernel folds them into ``max_next`` with an integer atomic max on the float64 bits (for
-positive floats the bit patterns order like the values, so it is exact and
-order-independent), and the launcher copies ``max_next`` into ``maxes`` afterwards, so
-every item of one call sees the same pre-call max. New rows enter with max p (``insert``),
-so alpha is applied once, to the raw value. Negative TD errors are ordinary (|d| is used).
-
-Parents are not touched here: ``levels.refresh_*`` recomputes them afterwards.
+Counters (int64, device): [0] += #replaced NaN/inf among kept items, [1] += #dropped.
+Running maxima ``maxes`` = [max raw, max p] over the kept items with finite TD errors; every
+item of one call sees the pre-call max, so the result does not depend on the order of the
+batch. New rows enter with max p (``insert``), so alpha is applied once, to the raw value.
+Negative TD errors are ordinary (|d| is used).
 """
 from __future__ import annotations
 
 import torch
 
-from ._math import (cpu_constants_np, launch_config, math_constants, numba, pow_pos, pow_pos_nb, pow_pos_torch,
-                    torch_constants, triton, tl)
+from ._jit import numba, tl, triton
+from ._math import launch_config, priority_torch
+from .refresh import SINGLE_MAX, refresh_torch
 
 
-def _later_duplicate(keys: torch.Tensor) -> torch.Tensor:
-    """later[i] = some j > i has keys[j] == keys[i] (stable sort, no host sync)."""
+def later_duplicate(keys: torch.Tensor) -> torch.Tensor:
+    """later[i] = some j > i has keys[j] == keys[i] (a stable sort; no host sync)."""
     sk, perm = torch.sort(keys, stable=True)
-    not_last = torch.ones_like(keys, dtype=torch.bool)
+    not_last = torch.zeros_like(keys, dtype=torch.bool)
     not_last[:-1] = sk[1:] == sk[:-1]
-    not_last[-1] = False
     return torch.empty_like(not_last).scatter_(0, perm, not_last)
 
 
-def update_torch(tree, keys: torch.Tensor, td: torch.Tensor, added: torch.Tensor,
-                 alpha: float, eps: float) -> None:
-    """Torch twin of ``update_triton``: writes leaves, counters and the running maxima."""
-    stale = (keys < (added - tree.capacity).clamp_min(0)) | (keys >= added)
-    raw = td.to(torch.float64).abs() + eps
+def update_torch(st, sc, counter, keys: torch.Tensor, td: torch.Tensor) -> None:
+    """Torch twin of ``update_triton``: leaves, counters, running maxima, then the levels."""
+    C = st.capacity
+    A, F = counter.t[0], counter.t[1]
+    slot = torch.remainder(keys.clamp_min(0), C)
+    old = sc.leaves.index_select(0, slot)
+    drop = (keys < torch.maximum(A - C, F)) | (keys >= A) | (old == 0)
+    raw = td.to(torch.float64).abs() + st.eps
     bad = ~torch.isfinite(raw)
-    raw = torch.where(bad, tree.maxes[0], raw)
-    p = pow_pos_torch(raw, alpha, torch_constants(keys.device))
-    write = ~(stale | _later_duplicate(keys))
-    tree.leaves_ext.index_copy_(0, torch.where(write, torch.remainder(keys, tree.capacity), tree.trash), p)
-    tree.counters.add_(torch.stack((bad & ~stale, stale)).sum(1))
-    good = ~(stale | bad)
-    torch.maximum(tree.maxes, torch.where(good, torch.stack((raw, p)), 0.0).amax(1), out=tree.maxes)
+    raw = torch.where(bad, st.maxes[0], raw).clamp(st.hyper[2], st.hyper[3])
+    p = priority_torch(raw, st.hyper, sc.const)
+    write = ~(drop | later_duplicate(keys))
+    # Branch-free and deterministic on any device: items that must not write are sent to the
+    # slot of the first writer j* with j*'s value (identical duplicate writes), or, if nothing
+    # writes, to slot[0] with the value it already holds.
+    j = torch.argmax(write.to(torch.uint8))
+    anyw = write.any()
+    tgt = torch.where(anyw, slot[j], slot[0])
+    val = torch.where(anyw, p[j], old[0])
+    sc.leaves.index_copy_(0, torch.where(write, slot, tgt), torch.where(write, p, val))
+    st.counters.add_(torch.stack((bad & ~drop, drop)).sum(1))
+    good = ~(drop | bad)
+    torch.maximum(st.maxes, torch.where(good, torch.stack((raw, p)), 0.0).amax(1), out=st.maxes)
+    refresh_torch(st, sc, slot)
 
 
 if triton is not None:
+    from ._jit import priority_tl
+    from .refresh import refresh_levels_tl
 
     @triton.jit
-    def _update_kernel(sums_ptr, keys_ptr, td_ptr, added_ptr, maxes_ptr, maxnext_ptr, cnt_ptr,
-                       hyper_ptr, cst_ptr, later_ptr, leaf_off, B, C,
-                       HAS_LATER: tl.constexpr, BLOCK: tl.constexpr, JBLOCK: tl.constexpr):
-        pid = tl.program_id(0).to(tl.int64)
-        i = pid * BLOCK + tl.arange(0, BLOCK)
+    def _update_block(sums_ptr, keys_ptr, td_ptr, later_ptr, hyper_ptr, cst_ptr, slots_out,
+                      i, B, A, lo, C, leaf_off, mraw0,
+                      HAS_LATER: tl.constexpr, BLOCK: tl.constexpr, JBLOCK: tl.constexpr):
+        """One block of items: writes the kept leaves and the slots to refresh; returns
+        (#bad kept, #dropped, max raw, max p) of the block."""
         mask = i < B
         key = tl.load(keys_ptr + i, mask=mask, other=0)
-        A = tl.load(added_ptr)
-        stale = (key < tl.maximum(A - C, 0)) | (key >= A)
-        alpha = tl.load(hyper_ptr)
-        eps = tl.load(hyper_ptr + 1)
-        raw = tl.abs(tl.load(td_ptr + i, mask=mask, other=0.0).to(tl.float64)) + eps
+        slot = tl.where(key < 0, 0, key % C)
+        old = tl.load(sums_ptr + leaf_off + slot, mask=mask, other=0.0)
+        drop = (key < lo) | (key >= A) | (old == 0.0)
+        raw = tl.abs(tl.load(td_ptr + i, mask=mask, other=0.0).to(tl.float64)) + tl.load(hyper_ptr + 1)
         bad = (raw != raw) | (raw == float("inf"))
-        raw = tl.where(bad, tl.load(maxes_ptr), raw)
+        raw = tl.where(bad, mraw0, raw)
+        raw = tl.minimum(tl.maximum(raw, tl.load(hyper_ptr + 2)), tl.load(hyper_ptr + 3))
+        p = priority_tl(raw, hyper_ptr, cst_ptr)
         if HAS_LATER:  # large batches: the launcher found the duplicates with a sort
             later = tl.load(later_ptr + i, mask=mask, other=0).to(tl.int32)
-        else:  # small batches: compare with every later key (B*B/2 compares, no extra launch)
+        else:  # compare with every later key (B*B/2 compares, no extra launch)
             later = tl.zeros([BLOCK], dtype=tl.int32)
-            for start in range(0, B, JBLOCK):
+            start = B * 0  # (a while loop: triton 3.6's interpreter cannot take range() of a run-time B)
+            while start < B:
                 j = start + tl.arange(0, JBLOCK).to(tl.int64)
                 mj = j < B
                 kj = tl.load(keys_ptr + j, mask=mj, other=0)
                 eq = (kj[None, :] == key[:, None]) & (j[None, :] > i[:, None]) & mj[None, :]
                 later = tl.maximum(later, tl.max(eq.to(tl.int32), axis=1))
-        write = mask & (~stale) & (later == 0)
-        p = pow_pos(raw, alpha, cst_ptr)
-        slot = tl.where(stale, 0, key % C)
+                start += JBLOCK
+        write = mask & (~drop) & (later == 0)
         tl.store(sums_ptr + leaf_off + slot, p, mask=write)
-        applied = mask & (~stale)
-        tl.atomic_add(cnt_ptr, tl.sum((applied & bad).to(tl.int64)))
-        tl.atomic_add(cnt_ptr + 1, tl.sum((mask & stale).to(tl.int64)))
-        good = applied & (~bad)
-        tl.atomic_max(maxnext_ptr, tl.max(tl.where(good, raw, 0.0).to(tl.int64, bitcast=True)))
-        tl.atomic_max(maxnext_ptr + 1, tl.max(tl.where(good, p, 0.0).to(tl.int64, bitcast=True)))
+        tl.store(slots_out + i, slot, mask=mask)
+        kept = mask & (~drop)
+        good = kept & (~bad)
+        n_bad = tl.sum((kept & bad).to(tl.int64))
+        n_drop = tl.sum((mask & drop).to(tl.int64))
+        m_raw = tl.max(tl.where(good, raw, 0.0))
+        m_p = tl.max(tl.where(good, p, 0.0))
+        return n_bad, n_drop, m_raw, m_p
+
+    @triton.jit
+    def _update_kernel(sums_ptr, mins_ptr, offs_ptr, cnt_ptr, keys_ptr, td_ptr, later_ptr, maxes_ptr,
+                       maxnext_ptr, counters_ptr, hyper_ptr, cst_ptr, slots_out, B, C, log2k,
+                       K: tl.constexpr, DEPTH: tl.constexpr, HAS_LATER: tl.constexpr, SINGLE: tl.constexpr,
+                       BLOCK: tl.constexpr, JBLOCK: tl.constexpr):
+        """SINGLE: one program does every item, then every level, then the maxima and the
+        counters (one launch in all). Otherwise one block per program; maxima folded into
+        ``max_next`` with an integer atomic max on the float64 bits (positive floats order
+        like their bit patterns: exact and order-independent), levels by ``refresh``."""
+        A = tl.load(cnt_ptr)
+        lo = tl.maximum(A - C, tl.load(cnt_ptr + 1))
+        leaf_off = tl.load(offs_ptr + DEPTH)
+        mraw0 = tl.load(maxes_ptr)
+        if SINGLE:
+            n_bad = tl.zeros([1], dtype=tl.int64).sum()
+            n_drop = tl.zeros([1], dtype=tl.int64).sum()
+            m_raw = mraw0
+            m_p = tl.load(maxes_ptr + 1)
+            start = B * 0
+            while start < B:
+                i = start + tl.arange(0, BLOCK).to(tl.int64)
+                b_bad, b_drop, b_raw, b_p = _update_block(
+                    sums_ptr, keys_ptr, td_ptr, later_ptr, hyper_ptr, cst_ptr, slots_out, i, B, A, lo, C,
+                    leaf_off, mraw0, HAS_LATER, BLOCK, JBLOCK)
+                n_bad += b_bad
+                n_drop += b_drop
+                m_raw = tl.maximum(m_raw, b_raw)
+                m_p = tl.maximum(m_p, b_p)
+                start += BLOCK
+            refresh_levels_tl(sums_ptr, mins_ptr, offs_ptr, slots_out, B, log2k, K, DEPTH, BLOCK)
+            tl.store(counters_ptr, tl.load(counters_ptr) + n_bad)
+            tl.store(counters_ptr + 1, tl.load(counters_ptr + 1) + n_drop)
+            tl.store(maxes_ptr, m_raw)
+            tl.store(maxes_ptr + 1, m_p)
+        else:
+            i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+            b_bad, b_drop, b_raw, b_p = _update_block(
+                sums_ptr, keys_ptr, td_ptr, later_ptr, hyper_ptr, cst_ptr, slots_out, i, B, A, lo, C,
+                leaf_off, mraw0, HAS_LATER, BLOCK, JBLOCK)
+            tl.atomic_add(counters_ptr, b_bad)
+            tl.atomic_add(counters_ptr + 1, b_drop)
+            tl.atomic_max(maxnext_ptr, b_raw.to(tl.int64, bitcast=True))
+            tl.atomic_max(maxnext_ptr + 1, b_p.to(tl.int64, bitcast=True))
 
 
 SORT_DEDUP_MIN = 2048
 
 
-def update_triton(tree, keys: torch.Tensor, td: torch.Tensor, added: torch.Tensor,
-                  alpha: float, eps: float) -> None:
-    """One launch for the leaves (plus a copy of the running max). Contract as ``update_torch``."""
+def update_triton(st, sc, counter, keys: torch.Tensor, td: torch.Tensor) -> None:
+    """One launch for batches up to ``SINGLE_MAX`` keys (leaves, levels, maxima, counters);
+    larger ones: duplicates by a device sort, one launch for the leaves, one per level, and
+    a copy of the new maxima. Same results as ``update_torch``, bit for bit."""
+    from .refresh import refresh_triton
     B = keys.shape[0]
+    single = B <= SINGLE_MAX
     block, warps, grid = launch_config(B, 128)
-    # above SORT_DEDUP_MIN keys the in-kernel all-pairs scan (B*B/2 compares) would dominate:
-    # find the duplicates with one device sort instead (the twin's way; same result)
-    later = _later_duplicate(keys).view(torch.uint8) if B >= SORT_DEDUP_MIN else keys
-    # tree.max_next == tree.maxes here (TreeState keeps them equal between calls)
-    _update_kernel[grid](tree.sums, keys, td, added, tree.maxes, tree.max_next.view(torch.int64),
-                         tree.counters, tree.hyper, math_constants(keys.device), later,
-                         tree.leaf_offset, B, tree.capacity, HAS_LATER=B >= SORT_DEDUP_MIN,
-                         BLOCK=block, JBLOCK=32, num_warps=warps, enable_fp_fusion=False)
-    tree.maxes.copy_(tree.max_next)
+    has_later = B >= SORT_DEDUP_MIN
+    later = later_duplicate(keys).view(torch.uint8) if has_later else keys
+    slots = torch.empty(B, dtype=torch.int64, device=keys.device)
+    if not single:  # the programs fold their maxima into max_next, starting from the current ones
+        sc.max_next.copy_(st.maxes)
+    _update_kernel[(1,) if single else grid](
+        st.sums, st.mins, st.offsets_t, counter.t, keys, td, later, st.maxes, sc.max_next_bits, st.counters,
+        st.hyper_t, sc.const_t, slots, B, st.capacity, st.log2k, K=st.fanout, DEPTH=st.depth,
+        HAS_LATER=has_later, SINGLE=single, BLOCK=block, JBLOCK=32, num_warps=warps, enable_fp_fusion=False)
+    if not single:
+        refresh_triton(st, sc, slots)
+        st.maxes.copy_(sc.max_next)
 
 
 if numba is not None:
     import numpy as np
 
+    from ._jit import priority_nb
+    from .refresh import refresh_slots_nb
+
     @numba.njit(cache=True, nogil=True)
-    def _update_nb(sums, leaf_off, keys, td, added, maxes, counters, alpha, eps, cst, C):
+    def update_nb(sums, mins, offs, cnt, keys, td, maxes, counters, hyper, C, K, D, log2k):
+        """Items in batch order (so the last write of a duplicate wins), then the levels of
+        the written slots, sorted (a parent shared by several is recomputed once)."""
         B = keys.shape[0]
-        lo = max(added - C, 0)
+        A = cnt[0]
+        lo = max(A - C, cnt[1])
+        leaf = offs[D]
+        eps = hyper[1]
         raw = np.empty(B, np.float64)
-        stale = np.empty(B, np.bool_)
         bad = np.empty(B, np.bool_)
+        m0 = maxes[0]
         for i in range(B):
-            stale[i] = keys[i] < lo or keys[i] >= added
             x = abs(np.float64(td[i])) + eps
             bad[i] = not np.isfinite(x)
-            raw[i] = maxes[0] if bad[i] else x
-        p = pow_pos_nb(raw, alpha, cst)
+            raw[i] = m0 if bad[i] else x
+        p = priority_nb(raw, hyper)  # raw is clamped in place
         m_raw = maxes[0]
         m_p = maxes[1]
-        for i in range(B):  # in batch order: the last write of a duplicate key wins
-            if stale[i]:
+        slots = np.empty(B, np.int64)
+        w = 0
+        for i in range(B):
+            k = keys[i]
+            if k < lo or k >= A or sums[leaf + k % C] == 0.0:
                 counters[1] += 1
                 continue
-            sums[leaf_off + keys[i] % C] = p[i]
+            s = k % C
+            sums[leaf + s] = p[i]
+            slots[w] = s
+            w += 1
             if bad[i]:
                 counters[0] += 1
             else:
@@ -138,12 +216,13 @@ if numba is not None:
                 m_p = max(m_p, p[i])
         maxes[0] = m_raw
         maxes[1] = m_p
+        if w:
+            refresh_slots_nb(sums, mins, offs, np.sort(slots[:w]), K, D, log2k)
 
 
-def update_numba(tree, keys: torch.Tensor, td: torch.Tensor, added: torch.Tensor,
-                 alpha: float, eps: float) -> None:
-    """Compiled CPU twin: items in batch order, so the last write of a duplicate wins."""
+def update_numba(st, sc, counter, keys: torch.Tensor, td: torch.Tensor) -> None:
+    """Compiled CPU twin: one compiled call for the leaves, counters, maxima and levels."""
     if td.dtype not in (torch.float32, torch.float64):  # float16/bfloat16: numba has no such type
         td = td.to(torch.float64)  # exact, and what the twin does first
-    _update_nb(tree.sums_np, tree.leaf_offset, keys.numpy(), td.detach().numpy(), int(added),
-               tree.maxes_np, tree.counters_np, alpha, eps, cpu_constants_np(), tree.capacity)
+    update_nb(sc.sums, sc.mins, sc.offs, counter.np, keys.numpy(), td.numpy(), sc.maxes, sc.counters,
+              sc.hyper_np, st.capacity, st.fanout, st.depth, st.log2k)

@@ -1,60 +1,119 @@
-"""Compile every Triton kernel for real GPUs (no GPU needed: Triton's own ptxas), in a
-process without TRITON_INTERPRET. Prints one line per kernel; exits non-zero on a failure.
+"""Compile every Triton kernel variant the buffers launch, for real GPUs, without a GPU.
 
-    python tests/_aot_compile.py 90 80      # sm_90 (H100/H200) and sm_80 (A100)
+The launchers run for real on ``meta`` tensors (no memory, no data) with each kernel's
+``run`` replaced by a recorder: what is recorded is exactly the argument types, constexprs
+and warps that launch would compile. Each distinct variant is then compiled with Triton's
+own ptxas for the given architectures (sm_90: H100/H200; sm_80: A100), and its PTX is checked
+for fused f64 multiply-adds (they would break bit-exactness with the twins).
+
+    python tests/_aot_compile.py 90 80          # prints one line per variant, exits 1 on a failure
 """
+import inspect
 import os
 import sys
+import time
 
 os.environ.pop("TRITON_INTERPRET", None)
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
 
-from gpu_replay.kernels.insert import _insert_kernel  # noqa: E402
-from gpu_replay.kernels.levels import _refresh_kernel  # noqa: E402
-from gpu_replay.kernels.sample import _sample_kernel  # noqa: E402
-from gpu_replay.kernels.update import _update_kernel  # noqa: E402
+from gpu_replay import kernels as K  # noqa: E402
+from gpu_replay.keys import KeyCounter  # noqa: E402
+from gpu_replay.sumtree import MAX_FANOUT, TreeState  # noqa: E402
 
-P64, PF32, PI64 = "*fp64", "*fp32", "*i64"
-CASES = [
-    ("sample", _sample_kernel, dict(sums_ptr=P64, mins_ptr=P64, offs_ptr=PI64, r_ptr=P64, added_ptr=PI64,
-                                    beta_ptr=P64, cst_ptr=P64, slot_out=PI64, key_out=PI64, prio_out=P64,
-                                    w_out=PF32, B="i32", C="i32"),
-     [dict(K=16, DEPTH=5, NORM_GLOBAL=True, BLOCK=256), dict(K=64, DEPTH=2, NORM_GLOBAL=False, BLOCK=128)], 8),
-    ("update", _update_kernel, dict(sums_ptr=P64, keys_ptr=PI64, td_ptr=PF32, added_ptr=PI64, maxes_ptr=P64,
-                                    maxnext_ptr=PI64, cnt_ptr=PI64, hyper_ptr=P64, cst_ptr=P64, later_ptr="*u8",
-                                    leaf_off="i64", B="i32", C="i32"),
-     [dict(HAS_LATER=False, BLOCK=128, JBLOCK=32), dict(HAS_LATER=True, BLOCK=128, JBLOCK=32)], 2),
-    ("insert", _insert_kernel, dict(sums_ptr=P64, keys_ptr=PI64, valid_ptr="*u8", maxes_ptr=P64, leaf_off="i64",
-                                    B="i32", C="i32"),
-     [dict(HAS_VALID=True, BLOCK=128), dict(HAS_VALID=False, BLOCK=1024)], 4),
-    ("refresh", _refresh_kernel, dict(sums_ptr=P64, mins_ptr=P64, offs_ptr=PI64, keys_ptr=PI64, B="i32", C="i32",
-                                      shift="i32", level="i32"),
-     [dict(K=16, LEAF_CHILDREN=True, BLOCK=256), dict(K=32, LEAF_CHILDREN=False, BLOCK=256)], 4),
-]
+_TY = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+       torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8",
+       torch.bool: "i1"}
+_OPTIONS = ("num_warps", "num_stages", "enable_fp_fusion", "num_ctas", "maxnreg")
+RECORDED: dict = {}
+
+
+def _record(self, *args, grid, warmup, **kwargs):
+    opts = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTIONS}
+    bound = inspect.signature(self.fn).bind(*args, **kwargs)
+    bound.apply_defaults()
+    sig, consts = {}, {}
+    for p in self.params:
+        v = bound.arguments[p.name]
+        if p.is_constexpr:
+            consts[p.name] = v
+        elif isinstance(v, torch.Tensor):
+            sig[p.name] = "*" + _TY[v.dtype]
+        elif isinstance(v, bool):
+            sig[p.name] = "i1"
+        elif isinstance(v, int):
+            if v == 1:  # Triton specializes an int argument equal to 1 as a constant
+                sig[p.name] = "constexpr"
+                consts[p.name] = 1
+            else:
+                sig[p.name] = "i32" if -2 ** 31 <= v < 2 ** 31 else "i64"
+        elif isinstance(v, float):
+            ann = p.annotation or ""
+            sig[p.name] = "fp64" if "float64" in str(ann) or "fp64" in str(ann) else "fp32"
+        elif v is None:
+            sig[p.name] = "constexpr"
+            consts[p.name] = None
+        else:
+            raise TypeError(f"{self.fn.__name__}: argument {p.name} of type {type(v).__name__}")
+    key = (self.fn.__name__, tuple(sorted(sig.items())), tuple(sorted(consts.items(), key=str)),
+           opts.get("num_warps", 4))
+    RECORDED.setdefault(key, (self, sig, consts, opts))
+
+
+def record_launches():
+    """Drive every launcher over the configurations the buffers use."""
+    JITFunction.run = _record
+    ops = K.backend("triton")
+    meta = torch.device("meta")
+    configs = [(1, 2), (10_000, 16), (10 ** 6, 16), (10 ** 8, 16), (10 ** 8, 2), (10 ** 6, 128),
+               (10 ** 8, MAX_FANOUT)]
+    for capacity, fanout in configs:
+        st = TreeState(capacity, fanout, 0.6, 1e-6, meta)
+        sc = ops.prepare(st)
+        counter = KeyCounter(capacity, meta)
+        for B in (1, 256, 4096):
+            keys = torch.empty(B, dtype=torch.int64, device=meta)
+            td = torch.empty(B, dtype=torch.float32, device=meta)
+            r = torch.empty(B, dtype=torch.float64, device=meta)
+            for valid in (None, torch.empty(B, dtype=torch.bool, device=meta)):
+                ops.insert(st, sc, counter, B, valid)
+            ops.update(st, sc, counter, keys, td)
+            for norm in ("global", "batch"):
+                ops.sample(st, sc, counter, r, 0.4, norm)
+            ops.sample(st, sc, counter, r, torch.empty((), dtype=torch.float64, device=meta), "global")
+            ops.sample(st, sc, counter, r, 0.0, None, True)  # find (the distributed sampler)
+    return list(RECORDED.values())
 
 
 def main(archs):
+    variants = record_launches()
+    print(f"{len(variants)} kernel variants launched by the buffers")
     failed = 0
+    t0 = time.time()
     for arch in archs:
         target = GPUTarget("cuda", arch, 32)
         backend = triton.compiler.make_backend(target)
-        for name, kernel, sig, variants, warps in CASES:
-            for consts in variants:
-                signature = {n: sig.get(n, "constexpr") for n in kernel.arg_names}
-                src = triton.compiler.ASTSource(fn=kernel, constexprs=consts, signature=signature, attrs={})
-                opts = backend.parse_options({"num_warps": warps, "enable_fp_fusion": False})
-                try:
-                    cc = triton.compile(src, target=target, options=opts.__dict__)
-                except Exception as e:  # noqa: BLE001
-                    print(f"FAIL sm_{arch} {name} {consts}: {type(e).__name__}: {e}")
-                    failed += 1
-                    continue
-                fused = "fma.rn.f64" in cc.asm["ptx"]  # a fused f64 multiply-add would break bit-exactness
-                print(f"{'FAIL' if fused else 'ok'} sm_{arch} {name} {consts} cubin {len(cc.asm['cubin'])} B"
-                      + (" (fused f64 fma in PTX)" if fused else ""))
-                failed += fused
+        for kernel, sig, consts, opts in variants:
+            name = kernel.fn.__name__
+            short = {k: v for k, v in consts.items() if v is not None}
+            src = triton.compiler.ASTSource(fn=kernel, constexprs=consts, signature=sig, attrs={})
+            o = backend.parse_options({"num_warps": opts.get("num_warps", 4), "enable_fp_fusion": False})
+            t = time.time()
+            try:
+                cc = triton.compile(src, target=target, options=o.__dict__)
+            except Exception as e:  # noqa: BLE001
+                print(f"FAIL sm_{arch} {name} {short}: {type(e).__name__}: {str(e)[:500]}")
+                failed += 1
+                continue
+            fused = "fma.rn.f64" in cc.asm["ptx"]
+            print(f"{'FAIL' if fused else 'ok'} sm_{arch} {name} {short} cubin {len(cc.asm['cubin'])} B "
+                  f"{time.time() - t:.1f} s" + (" (fused f64 fma in PTX)" if fused else ""))
+            failed += fused
+    print(f"compiled {len(variants) * len(archs) - failed} of {len(variants) * len(archs)} in "
+          f"{time.time() - t0:.0f} s")
     return failed
 
 

@@ -21,8 +21,9 @@ def batch(n, start=0):
 def snapshot(rb):
     out = {f"data.{k}": v.clone() for k, v in rb.storage.data.items()}
     if isinstance(rb, PrioritizedReplayBuffer):
-        out.update({f"tree.{k}": v.clone() for k, v in rb.tree.state.tensors().items()})
-    out["added"] = rb.added.clone()
+        st = rb.tree.state
+        out.update({f"tree.{k}": getattr(st, k).clone() for k in ("sums", "mins", "maxes", "counters")})
+    out["keys"] = rb.sampler.counter.t.clone()
     out["len"] = len(rb)
     return out
 
@@ -180,12 +181,12 @@ def test_bad_specs(capacity, spec, exc, match):
 
 def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
     from gpu_replay import kernels
-    if not kernels.HAVE_TRITON:
+    if not kernels.available("triton"):
         pytest.skip("triton is not installed")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="backend='triton'.*CUDA"):
         SumTree(8, backend="triton", device="cpu")
-    assert SumTree(8, backend="auto", device="cpu").backend == ("numba" if kernels.HAVE_NUMBA else "torch")
+    assert SumTree(8, backend="auto", device="cpu").backend == ("numba" if kernels.available("numba") else "torch")
     with pytest.raises(ValueError, match="backend='numba'.*CPU"):
         SumTree(8, backend="numba", device="meta")
 

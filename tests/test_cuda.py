@@ -73,7 +73,7 @@ def test_one_cycle_captures_in_a_cuda_graph_and_replays():
             cycle()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
-    added0 = int(rb.added)
+    added0 = rb.sampler.counter.added()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         s = cycle()
@@ -81,9 +81,10 @@ def test_one_cycle_captures_in_a_cuda_graph_and_replays():
         g.replay()
     torch.cuda.synchronize()
     # capture itself does not run the work; every replay adds 128 rows on the device
-    assert int(rb.added) == added0 + 20 * 128
+    added = rb.sampler.counter.added()  # the device counter: replays advance it
+    assert added == added0 + 20 * 128 and len(rb) == min(added, rb.capacity)
     assert rb.tree.check() == 0.0
-    live = (s.keys >= int(rb.added) - rb.capacity) & (s.keys < int(rb.added))
+    live = (s.keys >= added - rb.capacity) & (s.keys < added)
     assert live.all()
     assert torch.isfinite(s.weights).all() and (s.weights <= 1).all() and (s.weights > 0).all()
 

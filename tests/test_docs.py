@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-MODULES = ["gpu_replay.buffers", "gpu_replay._tree", "gpu_replay.nstep", "gpu_replay.compat"]
+MODULES = ["gpu_replay.buffers", "gpu_replay.sumtree", "gpu_replay.nstep", "gpu_replay.sampler", "gpu_replay.compat"]
 
 
 @pytest.mark.parametrize("name", MODULES)

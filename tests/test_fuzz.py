@@ -45,9 +45,10 @@ class Model:
 
     def update(self, keys, tds):
         new_raw, new_p = self.max_raw, self.max_p
+        before = dict(self.prio)
         for k, d in zip(keys, tds):
-            if not max(self.added - self.capacity, 0) <= k < self.added:
-                self.dropped += 1
+            if not max(self.added - self.capacity, 0) <= k < self.added or before[k % self.capacity] == 0.0:
+                self.dropped += 1  # stale, never handed out, or a row stored invalid
                 continue
             raw = abs(d) + EPS
             bad = not math.isfinite(raw)
@@ -141,9 +142,9 @@ class PERMachine(RuleBasedStateMachine):
 SETTINGS = settings(max_examples=40, stateful_step_count=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
-TestNumba = pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba not installed")(
+TestNumba = pytest.mark.skipif(not kernels.available("numba"), reason="numba not installed")(
     SETTINGS(type("NumbaMachine", (PERMachine,), {"backend": "numba"})).TestCase)
 TestTorch = SETTINGS(type("TorchMachine", (PERMachine,), {"backend": "torch"})).TestCase
-TestTriton = pytest.mark.skipif(not kernels.HAVE_TRITON, reason="triton not installed")(
+TestTriton = pytest.mark.skipif(not kernels.available("triton"), reason="triton not installed")(
     settings(SETTINGS, max_examples=8)(type("TritonMachine", (PERMachine,),
                                             {"backend": "triton", "device": TRITON_DEVICE})).TestCase)

@@ -4,28 +4,77 @@ random inputs.
 On CPU the Triton kernels run through the Triton interpreter (small sizes); on a CUDA
 machine they run compiled, and the twin runs on the CPU copy of the same inputs.
 """
-import copy
 import math
 
 import pytest
 import torch
 
 from conftest import TRITON_DEVICE, assert_equal
-from gpu_replay._tree import TreeState
 from gpu_replay import kernels as K
+from gpu_replay.keys import KeyCounter
+from gpu_replay.kernels import _math as M
+from gpu_replay.kernels.refresh import rebuild_torch
+from gpu_replay.sumtree import TreeState
 
 # (backend, device) pairs compared with the torch twin on this machine
-COMPILED = ([("triton", TRITON_DEVICE)] if K.HAVE_TRITON else []) + ([("numba", "cpu")] if K.HAVE_NUMBA else [])
-OPS = {"triton": K.TRITON_OPS, "numba": K.NUMBA_OPS}
+COMPILED = ([("triton", TRITON_DEVICE)] if K.available("triton") else []) + \
+    ([("numba", "cpu")] if K.available("numba") else [])
 
 
 def test_a_compiled_backend_is_tested():
     assert COMPILED, "neither triton nor numba is installed: nothing to compare the twins with"
 
-if K.HAVE_TRITON:
+
+CASES = [(1, 2), (7, 2), (100, 4), (1000, 8), (4099, 16), (300, 32)]  # (capacity, fanout)
+
+
+class Tree:
+    """A tree state, its backend's scratch and a key counter: what an op takes."""
+
+    def __init__(self, st, backend, counter):
+        self.st, self.counter = st, counter
+        self.ops = K.backend(backend)
+        self.sc = self.ops.prepare(st)
+
+    def __getattr__(self, op):
+        fn = getattr(self.ops, op)
+        return lambda *a, **k: fn(self.st, self.sc, self.counter, *a, **k)
+
+
+def random_state(capacity, fanout, seed, zero_frac=0.3, alpha=0.6, eps=1e-6):
+    g = torch.Generator().manual_seed(seed)
+    st = TreeState(capacity, fanout, alpha, eps, torch.device("cpu"))
+    p = torch.exp(torch.rand(capacity, generator=g, dtype=torch.float64) * 20 - 10)
+    p[torch.rand(capacity, generator=g) < zero_frac] = 0.0
+    p[capacity // 2] = 0.25  # at least one positive leaf
+    st.leaves.copy_(p)
+    rebuild_torch(st)
+    st.maxes.copy_(torch.tensor([3.5, 3.5 ** alpha], dtype=torch.float64))
+    return st
+
+
+def on(src: TreeState, backend: str, device, added: int, floor: int = 0) -> Tree:
+    """A copy of ``src`` on ``device`` for ``backend``, with the key counter at (added, floor)."""
+    dev = torch.device(device)
+    st = TreeState(src.capacity, src.fanout, src.alpha, src.eps, dev)
+    for name in ("sums", "mins", "maxes", "counters"):
+        getattr(st, name).copy_(getattr(src, name))
+    c = KeyCounter(src.capacity, dev)
+    c.set(added, floor)
+    return Tree(st, backend, c)
+
+
+def assert_same_state(a: Tree, b: Tree, what):
+    for name in ("sums", "mins", "maxes", "counters"):
+        assert_equal(getattr(a.st, name), getattr(b.st, name), f"{what}: {name}")
+    assert_equal(a.counter.t, b.counter.t, f"{what}: key counter")
+
+
+if K.available("triton"):
     import triton
     import triton.language as tl
-    from gpu_replay.kernels._math import pow_pos
+
+    from gpu_replay.kernels._jit import pow_pos
 
     @triton.jit
     def _pow_kernel(x_ptr, y_ptr, out_ptr, cst_ptr, n, BLOCK: tl.constexpr):
@@ -35,59 +84,46 @@ if K.HAVE_TRITON:
         y = tl.load(y_ptr + i, mask=m, other=1.0)
         tl.store(out_ptr + i, pow_pos(x, y, cst_ptr), mask=m)
 
-CASES = [(1, 2), (7, 2), (100, 4), (1000, 8), (4099, 16), (300, 32)]  # (capacity, fanout)
 
-
-def random_tree(capacity, fanout, seed, zero_frac=0.3, added=None, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    st = TreeState(capacity, fanout, 0.6, 1e-6, torch.device(device))
-    p = torch.exp(torch.rand(capacity, generator=g, dtype=torch.float64) * 20 - 10)
-    p[torch.rand(capacity, generator=g) < zero_frac] = 0.0
-    p[capacity // 2] = 0.25  # at least one positive leaf
-    st.leaves[:capacity] = p.to(device)
-    added = capacity if added is None else added
-    K.TORCH_OPS["refresh"](st, torch.arange(capacity, device=device))
-    st.maxes.copy_(torch.tensor([3.5, 3.5 ** 0.6], dtype=torch.float64))
-    st.max_next.copy_(st.maxes)
-    return st
-
-
-def on(st, device):
-    out = copy.copy(st)
-    for name in ("sums", "mins", "maxes", "max_next", "counters", "hyper", "offsets_t"):
-        setattr(out, name, getattr(st, name).clone().to(device))
-    out._views()
-    return out
-
-
-def assert_same_state(a, b, what):
-    # the last element of sums is the torch backend's write sink: never read
-    assert_equal(a.sums[:-1], b.sums[:-1], f"{what}: sums")
-    for name in ("mins", "maxes", "counters"):
-        assert_equal(getattr(a, name), getattr(b, name), f"{what}: {name}")
-
-
-@pytest.mark.skipif(not K.HAVE_TRITON, reason="triton is not installed")
+@pytest.mark.skipif(not K.available("triton"), reason="triton is not installed")
 def test_pow_pos_kernel_matches_twin_and_math():
     g = torch.Generator().manual_seed(0)
     n = 4096
     x = torch.exp(torch.rand(n, generator=g, dtype=torch.float64) * 120 - 60)
     x[:4] = torch.tensor([1.0, 2.0, 1e-6, 1.4142135623730951], dtype=torch.float64)
     y = torch.rand(n, generator=g, dtype=torch.float64) * 2.5 - 1.5
-    want = K.pow_pos_torch(x, y, K.torch_constants("cpu"))
+    want = M.pow_pos_torch(x, y, M.torch_constants("cpu"))
     out = torch.empty(n, dtype=torch.float64, device=TRITON_DEVICE)
-    _pow_kernel[(n // 1024,)](x.to(TRITON_DEVICE), y.to(TRITON_DEVICE), out, K.math_constants(TRITON_DEVICE), n,
-                              BLOCK=1024, enable_fp_fusion=False)
+    _pow_kernel[(n // 1024,)](x.to(TRITON_DEVICE), y.to(TRITON_DEVICE), out, M.torch_constants(TRITON_DEVICE).all,
+                              n, BLOCK=1024, enable_fp_fusion=False)
     assert_equal(out, want, "pow_pos kernel vs twin")
-    if K.HAVE_NUMBA:
-        from gpu_replay.kernels._math import pow_pos_nb
-        got = torch.empty_like(x)
-        for yv in (0.6, -0.4, 1.0):
-            got = torch.from_numpy(pow_pos_nb(x.numpy(), yv, K.math_constants("cpu").numpy()))
-            assert_equal(got, K.pow_pos_torch(x, yv, K.torch_constants("cpu")), f"pow_pos_nb y={yv}")
     ref = torch.tensor([math.pow(a, b) for a, b in zip(x.tolist(), y.tolist())], dtype=torch.float64)
     rel = ((want - ref).abs() / ref).max().item()
     assert rel < 1e-13, rel
+
+
+@pytest.mark.skipif(not K.available("numba"), reason="numba is not installed")
+def test_pow_pos_numba_matches_twin():
+    from gpu_replay.kernels._jit import pow_pos_nb
+    g = torch.Generator().manual_seed(0)
+    x = torch.exp(torch.rand(4096, generator=g, dtype=torch.float64) * 120 - 60)
+    for yv in (0.6, -0.4, 1.0):
+        got = torch.from_numpy(pow_pos_nb(x.numpy(), yv, M.CONSTANTS_NP))
+        assert_equal(got, M.pow_pos_torch(x, yv, M.torch_constants("cpu")), f"pow_pos_nb y={yv}")
+
+
+def test_priority_bounds_keep_everything_finite_and_monotone():
+    """p is monotone in |d| up to the clamp, never 0, never above P_MAX, for any alpha."""
+    c = M.torch_constants("cpu")
+    raw = torch.tensor([1e-300, 1e-30, 1e-6, 1.0, 1e30, 1e180, 1e200, 1e300, 1.7e308], dtype=torch.float64)
+    for alpha in (0.0, 0.001, 0.6, 1.0, 2.0, 16.0):
+        h = M.hyper_values(alpha, 1e-6)
+        p = M.priority_torch(raw, h, c)
+        assert torch.isfinite(p).all() and (p >= M.P_MIN).all() and (p <= M.P_MAX).all(), (alpha, p)
+        assert (p[1:] >= p[:-1]).all(), f"alpha={alpha}: not monotone: {p.tolist()}"
+        inside = (raw >= h[2]) & (raw <= h[3])
+        want = raw[inside] ** alpha
+        assert torch.allclose(p[inside], want, rtol=1e-12), alpha
 
 
 def test_torch_cpu_cumsum_is_left_to_right():
@@ -101,37 +137,58 @@ def test_torch_cpu_cumsum_is_left_to_right():
         assert torch.equal(acc, c[:, k])
 
 
+def test_rebuild_equals_incremental_refresh():
+    st = random_state(4099, 16, seed=1)
+    inc = on(st, "torch", "cpu", 4099)
+    inc.ops.refresh(inc.st, inc.sc, torch.arange(4099))  # the ancestors of every leaf, incrementally
+    assert_equal(inc.st.sums, st.sums, "sums")
+    assert_equal(inc.st.mins, st.mins, "mins")
+
+
 @pytest.mark.parametrize("backend,device", COMPILED)
 @pytest.mark.parametrize("capacity,fanout", CASES)
-@pytest.mark.parametrize("norm_global", [True, False])
-def test_sample_kernel_matches_twin(backend, device, capacity, fanout, norm_global):
-    st = random_tree(capacity, fanout, seed=capacity + fanout)
+@pytest.mark.parametrize("normalize", ["global", "batch", None])
+def test_sample_kernel_matches_twin(backend, device, capacity, fanout, normalize):
+    st = random_state(capacity, fanout, seed=capacity + fanout)
     B = 333
     g = torch.Generator().manual_seed(7)
     r = torch.rand(B, generator=g, dtype=torch.float64)
     r[:3] = torch.tensor([0.0, 1.0 - 2.0 ** -53, 0.5], dtype=torch.float64)
     r[-1] = 1.0 - 2.0 ** -53  # the very top of the mass
-    added = torch.tensor(capacity + 5, dtype=torch.int64)
-    beta = torch.tensor([0.4], dtype=torch.float64)
-    want = K.TORCH_OPS["sample"](st, r, added, beta, norm_global)
-    dst = on(st, device)
-    got = OPS[backend]["sample"](dst, r.to(device), added.to(device), beta.to(device), norm_global)
-    for name, a, b in zip(("slots", "keys", "priorities", "weights"), got, want):
-        if b is None:
-            assert a is None
-            continue
-        assert_equal(a, b, name)
-    assert (want[2] > 0).all(), "a zero-priority slot was sampled"
+    twin = on(st, "torch", "cpu", capacity + 5)
+    dev = on(st, backend, device, capacity + 5)
+    for beta in (0.4, 1.0, 0.0):
+        want = twin.sample(r, beta, normalize)
+        got = dev.sample(r.to(device), beta, normalize)
+        for name, a, b in zip(("slots", "keys", "priorities", "weights"), got, want):
+            if b is None:
+                assert a is None
+                continue
+            assert_equal(a, b, f"{name} beta={beta}")
+        assert (want[2] > 0).all(), "a zero-priority slot was sampled"
+    if backend == "triton":  # beta read from a device tensor (what a CUDA graph replays)
+        got = dev.sample(r.to(device), torch.tensor(0.4, dtype=torch.float64, device=device), normalize)
+        want = twin.sample(r, 0.4, normalize)
+        if normalize is not None:
+            assert_equal(got[3], want[3], "weights, beta as a tensor")
 
 
 @pytest.mark.parametrize("backend,device", COMPILED)
-@pytest.mark.parametrize("capacity,fanout,B", [(c, f, 257) for c, f in CASES] + [(4099, 16, 3001)])
-def test_update_kernel_matches_twin(backend, device, capacity, fanout, B):
-    """B = 3001 takes the launcher's sort-based duplicate search (>= SORT_DEDUP_MIN)."""
-    from gpu_replay.kernels.update import SORT_DEDUP_MIN
-    assert 257 < SORT_DEDUP_MIN <= 3001  # both paths are covered
-    st = random_tree(capacity, fanout, seed=3 * capacity + fanout)
-    g = torch.Generator().manual_seed(capacity)
+@pytest.mark.parametrize("capacity,fanout", CASES[2:4])
+def test_find_matches_twin(backend, device, capacity, fanout):
+    st = random_state(capacity, fanout, seed=11)
+    total = float(st.sums[0])
+    mass = torch.rand(101, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * total
+    mass[0], mass[1], mass[2] = 0.0, total, total * 2  # the edges: at and past the total
+    want = on(st, "torch", "cpu", capacity).sample(mass, 0.0, None, True)
+    got = on(st, backend, device, capacity).sample(mass.to(device), 0.0, None, True)
+    for a, b, name in zip(got[:3], want[:3], ("slots", "keys", "priorities")):
+        assert_equal(a, b, name)
+    assert (want[2] > 0).all()
+
+
+def update_inputs(capacity, B, seed):
+    g = torch.Generator().manual_seed(seed)
     added_n = capacity * 3 + 11
     keys = torch.randint(added_n - capacity - 20, added_n + 5, (B,), generator=g)  # some stale / future
     keys[:40] = keys[40:80]  # duplicates, both orders
@@ -143,34 +200,72 @@ def test_update_kernel_matches_twin(backend, device, capacity, fanout, B):
     td[7] = -float("inf")
     td[8] = -2.5
     td[9] = 0.0
-    added = torch.tensor(added_n, dtype=torch.int64)
-    twin = on(st, "cpu")
-    K.TORCH_OPS["update"](twin, keys, td, added, 0.6, 1e-6)
-    K.TORCH_OPS["refresh"](twin, keys)
-    dst = on(st, device)
-    dk, dtd, da = keys.to(device), td.to(device), added.to(device)
-    OPS[backend]["update"](dst, dk, dtd, da, 0.6, 1e-6)
-    OPS[backend]["refresh"](dst, dk)
-    assert_same_state(dst, twin, "update")
-    assert twin.counters[1].item() > 0 and twin.counters[0].item() > 0
+    td[10:13] = torch.tensor([1e30, 3e38, 1e-30])  # huge and tiny finite values
+    return keys, td, added_n
+
+
+@pytest.mark.parametrize("backend,device", COMPILED)
+@pytest.mark.parametrize("capacity,fanout,B", [(c, f, 257) for c, f in CASES] + [(4099, 16, 3001)])
+@pytest.mark.parametrize("alpha", [0.6, 2.0])
+def test_update_kernel_matches_twin(backend, device, capacity, fanout, B, alpha):
+    """B = 3001 takes the launchers' large-batch paths (sort dedup, a launch per level)."""
+    from gpu_replay.kernels.update import SORT_DEDUP_MIN, SINGLE_MAX
+    assert 257 < min(SORT_DEDUP_MIN, SINGLE_MAX) and max(SORT_DEDUP_MIN, SINGLE_MAX) <= 3001
+    st = random_state(capacity, fanout, seed=3 * capacity + fanout, alpha=alpha)
+    keys, td, added_n = update_inputs(capacity, B, capacity)
+    st.leaves[keys[5:13] % capacity] = 0.5  # the NaN/inf/huge cases hit valid rows
+    rebuild_torch(st)
+    # a floor inside the live window (a clear() not long ago): keys below it are dead
+    floor = added_n // capacity * capacity if capacity > 7 else 0
+    twin = on(st, "torch", "cpu", added_n, floor)
+    twin.update(keys, td)
+    dev = on(st, backend, device, added_n, floor)
+    dev.update(keys.to(device), td.to(device))
+    assert_same_state(dev, twin, "update")
+    c = twin.st.counters.tolist()
+    assert c[1] > 0 and c[0] > 0
+    assert torch.isfinite(twin.st.sums).all() and float(twin.st.sums[0]) > 0
+
+
+@pytest.mark.parametrize("backend,device", COMPILED)
+def test_update_never_revives_an_invalid_row(backend, device):
+    st = random_state(100, 4, seed=4, zero_frac=0.5)
+    zero = (st.leaves == 0).nonzero().flatten()
+    keys = torch.cat([zero, zero[:3]]) + 200  # live keys of rows with priority 0
+    td = torch.ones(keys.shape[0])
+    for tree in (on(st, "torch", "cpu", 250), on(st, backend, device, 250)):
+        before = tree.st.sums.clone()
+        tree.update(keys.to(device if tree.ops.name != "torch" else "cpu"), td.to(device if tree.ops.name != "torch" else "cpu"))
+        assert_equal(tree.st.sums, before, "sums")
+        assert tree.st.counters.tolist() == [0, keys.shape[0]]
 
 
 @pytest.mark.parametrize("backend,device", COMPILED)
 @pytest.mark.parametrize("capacity,fanout", CASES)
 @pytest.mark.parametrize("with_valid", [False, True])
 def test_insert_kernel_matches_twin(backend, device, capacity, fanout, with_valid):
-    st = random_tree(capacity, fanout, seed=5 * capacity + fanout)
-    n = min(capacity, 129)
-    keys = torch.arange(capacity * 2 - 3, capacity * 2 - 3 + n)
-    valid = (torch.arange(n) % 3 != 0) if with_valid else None
-    twin = on(st, "cpu")
-    K.TORCH_OPS["insert"](twin, keys, valid, 0.6)
-    K.TORCH_OPS["refresh"](twin, keys)
-    dst = on(st, device)
-    dk = keys.to(device)
-    OPS[backend]["insert"](dst, dk, None if valid is None else valid.to(device), 0.6)
-    OPS[backend]["refresh"](dst, dk)
-    assert_same_state(dst, twin, "insert")
+    st = random_state(capacity, fanout, seed=5 * capacity + fanout)
+    for n in (1, min(capacity, 129), capacity + 7):  # one row, a batch, more than the ring holds
+        valid = (torch.arange(n) % 3 != 0) if with_valid else None
+        twin = on(st, "torch", "cpu", capacity * 2 - 3)
+        kt = twin.insert(n, valid)
+        dev = on(st, backend, device, capacity * 2 - 3)
+        kd = dev.insert(n, None if valid is None else valid.to(device))
+        assert_equal(kd, kt, f"keys n={n}")
+        assert_equal(kt, torch.arange(capacity * 2 - 3, capacity * 2 - 3 + n), "keys are the next n")
+        assert_same_state(dev, twin, f"insert n={n}")
+
+
+@pytest.mark.skipif(not K.available("triton"), reason="triton is not installed")
+def test_triton_large_insert_takes_the_multi_launch_path():
+    from gpu_replay.kernels.refresh import SINGLE_MAX
+    st = random_state(3000, 8, seed=9)
+    n = SINGLE_MAX + 5
+    twin = on(st, "torch", "cpu", 10)
+    twin.insert(n, None)
+    dev = on(st, "triton", TRITON_DEVICE, 10)
+    dev.insert(n, None)
+    assert_same_state(dev, twin, "insert")
 
 
 @pytest.mark.parametrize("backend,device", COMPILED)
@@ -195,4 +290,5 @@ def test_buffers_on_both_backends_agree_end_to_end(backend, device):
             outs.append(s)
         for name in ("keys", "weights", "priorities"):
             assert_equal(getattr(outs[1], name), getattr(outs[0], name), f"step {step} {name}")
-        assert_same_state(bufs[1].tree.state, bufs[0].tree.state, f"step {step}")
+        for name in ("sums", "mins", "maxes", "counters"):
+            assert_equal(getattr(bufs[1].tree.state, name), getattr(bufs[0].tree.state, name), f"step {step} {name}")

@@ -9,10 +9,10 @@ from scipy import stats
 
 from conftest import TRITON_DEVICE, assert_equal
 from gpu_replay import PrioritizedReplayBuffer, SumTree, kernels as K
-from gpu_replay._tree import tree_sample
+from gpu_replay.kernels.refresh import rebuild_torch
 
-BACKENDS = [("cpu", "torch")] + ([(TRITON_DEVICE, "triton")] if K.HAVE_TRITON else []) + \
-    ([("cpu", "numba")] if K.HAVE_NUMBA else [])
+BACKENDS = [("cpu", "torch")] + ([(TRITON_DEVICE, "triton")] if K.available("triton") else []) + \
+    ([("cpu", "numba")] if K.available("numba") else [])
 
 
 def set_priorities(tree: SumTree, p: torch.Tensor):
@@ -20,15 +20,15 @@ def set_priorities(tree: SumTree, p: torch.Tensor):
     with alpha=1-equivalent: write leaves directly, then refresh ancestors."""
     n = p.shape[0]
     tree.state.leaves[:n] = p.to(tree.device)
-    K.TORCH_OPS["refresh"](tree.state, torch.arange(n, device=tree.device))
+    rebuild_torch(tree.state)
 
 
 def draw_counts(tree: SumTree, n_draws: int, B: int, seed: int) -> np.ndarray:
     g = torch.Generator(device=tree.device).manual_seed(seed)
     counts = torch.zeros(tree.capacity, dtype=torch.int64)
     for _ in range(n_draws // B):
-        k, p, w = tree.sample(B, generator=g)
-        slots = (k % tree.capacity).cpu()
+        s = tree.sample(B, generator=g)
+        slots = (s.keys % tree.capacity).cpu()
         counts += torch.bincount(slots, minlength=tree.capacity)
     return counts.numpy()
 
@@ -89,7 +89,7 @@ def test_zero_priority_never_returned_even_at_the_top_of_the_mass(device, backen
     for r_val in (0.0, 0.5, top):
         for B in (1, 3, 64):
             r = torch.full((B,), r_val, dtype=torch.float64, device=device)
-            slots, keys, prio, w = tree_sample(tree.state, backend, tree.added, r, tree._beta)
+            slots, keys, prio, w = tree.ops.sample(tree.state, tree.scratch, tree.counter, r, 0.4)
             assert (prio > 0).all(), (r_val, B, slots)
             assert set(slots.tolist()) <= {0, 5, 17, 22}
     # a total that rounds: every leaf tiny but one, u right at the top
@@ -100,7 +100,7 @@ def test_zero_priority_never_returned_even_at_the_top_of_the_mass(device, backen
     tree.add(10)  # fill the last slots too (they enter with the max priority)...
     set_priorities(tree, p2)  # ...then force the test values back
     r = torch.full((7,), top, dtype=torch.float64, device=device)
-    slots, keys, prio, w = tree_sample(tree.state, backend, tree.added, r, tree._beta)
+    slots, keys, prio, w = tree.ops.sample(tree.state, tree.scratch, tree.counter, r, 0.4)
     assert (prio > 0).all()
     assert cap - 1 not in slots.tolist()
 
@@ -114,12 +114,12 @@ def test_tree_equals_float64_recomputation_after_many_updates(device, backend):
     g = torch.Generator().manual_seed(5)
     model = {}
     tree.add(cap + 50)
-    lo = tree.num_added - cap
-    for key in range(lo, tree.num_added):
+    lo = tree.counter.added() - cap
+    for key in range(lo, tree.counter.added()):
         model[key % cap] = None  # entered with the max priority
     for step in range(n_calls):
         B = int(torch.randint(1, 64, (1,), generator=g))
-        keys = torch.randint(lo, tree.num_added, (B,), generator=g)
+        keys = torch.randint(lo, tree.counter.added(), (B,), generator=g)
         if B > 4:
             keys[: B // 4] = keys[B // 4: 2 * (B // 4)]  # duplicates
         td = torch.randn(B, generator=g, dtype=torch.float64) * 10

@@ -91,7 +91,7 @@ def test_modes_without_reset_steps_add_no_mask(mode):
         extra = {"final_obs": tr["next_obs"] + 10} if mode == "same_step" else {}
         rb.step(**tr, **extra)
     rb.flush()
-    assert rb._valid_tree is None and len(rb) == 80
+    assert rb.sampler.mask_tree is None and len(rb) == 80
 
 
 @pytest.mark.parametrize("cls", [ReplayBuffer, PrioritizedReplayBuffer])
@@ -99,18 +99,27 @@ def test_clear_empties_everything(cls):
     rb = cls(50, SPEC, n_step=3, gamma=0.9, num_envs=4)
     for tr in stream(30, 4, seed=2):
         rb.step(**tr)
+    before = rb.sample(8).keys
+    added = rb.sampler.counter.added()
     rb.clear()
-    assert len(rb) == 0 and int(rb.added) == 0
+    assert len(rb) == 0
     with pytest.raises(ValueError, match="empty"):
         rb.sample(4)
     for tr in stream(5, 4, seed=3):
         rb.step(**tr)
-    assert rb.sample(8).keys.max() < len(rb)
+    start = -(-added // 50) * 50  # keys go on from the next multiple of the capacity
+    s = rb.sample(8)
+    assert len(rb) == 12 and (s.keys >= start).all() and (s.keys < start + 12).all()
+    assert_equal(rb.storage.data["obs"][12:], torch.zeros(38, 3), "cleared rows")
     if cls is PrioritizedReplayBuffer:
         assert rb.tree.check() == 0.0 and rb.stats()["stale_dropped"] == 0
+        leaves = rb.tree.leaves.clone()
+        rb.update_priorities(before, torch.full((8,), 50.0))  # keys from before the clear: stale
+        assert rb.stats()["stale_dropped"] == 8
+        assert_equal(rb.tree.leaves, leaves, "leaves after stale keys")
 
 
-@pytest.mark.parametrize("backend", ["torch"] + (["numba"] if kernels.HAVE_NUMBA else []))
+@pytest.mark.parametrize("backend", ["torch"] + (["numba"] if kernels.available("numba") else []))
 def test_update_takes_grad_tensors_and_lists(backend):
     rb = PrioritizedReplayBuffer(20, {"x": ((), torch.float32)}, backend=backend)
     rb.add({"x": torch.zeros(10)})
@@ -123,18 +132,16 @@ def test_update_takes_grad_tensors_and_lists(backend):
 
 
 @pytest.mark.parametrize("n", [1, 3, 5])
-def test_nstep_compiled_cpu_scan_equals_the_tensor_ops(n, monkeypatch):
+def test_nstep_compiled_cpu_scan_equals_the_tensor_ops(n):
     """On the CPU NStep's emit runs a numba loop; on other devices fixed-shape torch ops.
     Both must emit the same rows (rewards up to summation-order rounding)."""
-    import gpu_replay.nstep as ns_mod
-    if ns_mod._emit_nb is None:
+    if not kernels.available("numba"):
         pytest.skip("numba is not installed: only the torch path exists")
-    fast, slow = NStep(4, n, 0.9, spec=SPEC), NStep(4, n, 0.9, spec=SPEC)
+    fast, slow = NStep(4, n, 0.9, spec=SPEC), NStep(4, n, 0.9, spec=SPEC, backend="torch")
+    assert fast.backend == "numba"
     for t, tr in enumerate(stream(60, 4, seed=n)):
         a = fast.step(**tr)
-        monkeypatch.setattr(ns_mod, "_emit_nb", None)
         b = slow.step(**tr)
-        monkeypatch.undo()
         assert (a is None) == (b is None)
         if a is None:
             continue

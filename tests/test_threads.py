@@ -6,7 +6,7 @@ import torch
 
 from gpu_replay import PrioritizedReplayBuffer, kernels
 
-BACKENDS = ["torch"] + (["numba"] if kernels.HAVE_NUMBA else [])
+BACKENDS = ["torch"] + (["numba"] if kernels.available("numba") else [])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -61,7 +61,7 @@ def test_actor_and_learner_threads(backend):
     assert rb.tree.check() == 0.0
     st = rb.stats()
     assert st["sanitized"] + st["stale_dropped"] > 0
-    assert int(rb.added) == rb.num_added == 64 + sum(1 + k % 37 for k in _keys_of_adds(4000))
+    assert rb.sampler.counter.added() == 64 + sum(1 + k % 37 for k in _keys_of_adds(4000))
 
 
 def _keys_of_adds(n):

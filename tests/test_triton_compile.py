@@ -1,6 +1,9 @@
-"""The Triton kernels compile for real GPUs (sm_90 Hopper, sm_80 Ampere) with no fused f64
-multiply-adds, checked on a machine without a GPU: the interpreter cannot show compile errors."""
+"""The Triton kernels compile for real GPUs, checked on a machine without a GPU (the
+interpreter cannot show compile errors): every variant the launchers produce, recorded by
+driving them on meta tensors, at capacities up to 1e8 and fanouts up to the cap, for sm_90
+(H100/H200), with no fused f64 multiply-adds."""
 import os
+import re
 import subprocess
 import sys
 
@@ -11,10 +14,16 @@ from gpu_replay import kernels
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.mark.skipif(not kernels.HAVE_TRITON, reason="triton is not installed")
-def test_kernels_compile_for_hopper_and_ampere():
+@pytest.mark.skipif(not kernels.available("triton"), reason="triton is not installed")
+def test_every_launched_variant_compiles_for_hopper(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, os.path.join(HERE, "_aot_compile.py"), "90", "80"], capture_output=True,
-                       text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count("ok sm_") == 2 * 8, r.stdout
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # a cold compile of everything
+    r = subprocess.run([sys.executable, os.path.join(HERE, "_aot_compile.py"), "90"], capture_output=True,
+                       text=True, env=env, timeout=1200)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    m = re.search(r"compiled (\d+) of (\d+)", out)
+    assert m and m.group(1) == m.group(2) and int(m.group(2)) >= 100, out[-2000:]
+    for name in ("_sample_kernel", "_update_kernel", "_insert_kernel", "_refresh_kernel", "_batch_weights_kernel"):
+        assert f" {name} " in out, name
+    assert "'K': 1024" in out and "'DEPTH': 27" in out  # the largest fanout, the deepest tree (1e8, K=2)
