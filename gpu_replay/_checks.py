@@ -123,6 +123,11 @@ def check_mask(valid, n: int, device: torch.device, name: str = "valid") -> torc
 def check_keys(keys, td, device: torch.device, td_name: str = "td_errors") -> tuple[torch.Tensor, torch.Tensor]:
     """keys: int64 [B]; td: floating [B] (or [B, 1]); lists are accepted. Returned on
     ``device``, contiguous and detached (TD errors often still require grad)."""
+    if type(keys) is torch.Tensor and type(td) is torch.Tensor and keys.dtype is torch.int64 and \
+            td.dtype in _FAST_TD and keys.device == device == td.device and keys.dim() == 1 and \
+            td.shape == keys.shape and keys.shape[0] and not td.requires_grad and keys.is_contiguous() and \
+            td.is_contiguous() and keys.layout is td.layout is torch.strided:
+        return keys, td  # the usual case (what sample() returned, TD errors on the device): metadata only
     keys = as_tensor(keys, "keys", lists=True)
     td = as_tensor(td, td_name, lists=True)
     if keys.dtype != torch.int64:
@@ -137,6 +142,9 @@ def check_keys(keys, td, device: torch.device, td_name: str = "td_errors") -> tu
     check_dense(keys, "keys", device)
     check_dense(td, td_name, device)
     return to_device(keys, device), to_device(td.detach().reshape(B), device)
+
+
+_FAST_TD = (torch.float32, torch.float64)
 
 
 def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:

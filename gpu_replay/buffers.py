@@ -13,6 +13,7 @@ import threading
 import torch
 
 from . import checkpoint as ckpt
+from ._backend import resolve_backend
 from ._checks import StateReader, as_device, check_int, check_keys, check_mask, check_rows
 from .nstep import NStep
 from .sampler import PrioritizedSampler, Sample, UniformSampler, linear_beta
@@ -110,13 +111,14 @@ class ReplayBuffer:
                  autoreset_mode="next_step", backend: str = "auto"):
         capacity = check_int(capacity, "capacity", 1, 2 ** 40)
         self.device = as_device(device)
+        self.backend = backend = resolve_backend(backend, self.device)
         self.generator = generator
         self._lock = threading.RLock()
         with torch.inference_mode(False):  # a buffer made inside inference_mode stays writable
             self.nstep = self._make_nstep(spec, n_step, gamma, num_envs, autoreset_mode, backend)
             if self.nstep is not None:
                 spec = self.nstep.buffer_spec()
-            self.storage = Storage(capacity, spec, self.device)
+            self.storage = Storage(capacity, spec, self.device, backend)
             self.sampler = self._make_sampler(capacity, backend)
         tree = getattr(self.sampler, "tree", None) or getattr(self.sampler, "mask_tree", None)
         if tree is not None:
@@ -176,16 +178,21 @@ class ReplayBuffer:
         (bad field set, shape, dtype, device, a conversion that fails) raises before anything
         is written.
         """
+        fast = self.storage.host_rows(batch)  # the CPU's plain case: metadata checks only
+        if fast is not None:
+            n, rows = fast
+            return self._write(n, rows, check_mask(valid, n, self.device))
         n, rows = check_rows(self.spec, batch, self.device)
         return self._add(n, rows, check_mask(valid, n, self.device))
 
     def _add(self, n: int, rows: dict, valid) -> torch.Tensor:
         """``add`` after the checks (the n-step rows come here directly)."""
-        rows = self.storage.prepare(rows)  # every field ready before the first write
-        counter = self.sampler.counter
-        first = int(counter.np[0]) if counter.np is not None else None
-        self.storage.write(rows, n, first, counter)
-        return self.sampler.add(n, valid)
+        return self._write(n, self.storage.prepare(rows), valid)  # every field ready before the first write
+
+    def _write(self, n: int, rows: dict, valid) -> torch.Tensor:
+        sampler = self.sampler
+        keys = self.storage.write(rows, n, sampler.counter, keys=sampler.wants_keys(valid))
+        return sampler.add(n, valid, keys)
 
     @_locked
     def step(self, obs, action, reward, next_obs, terminated, truncated, *, info=None, final_obs=None,
@@ -233,7 +240,13 @@ class ReplayBuffer:
         valid ones, if masks were used), with the buffer's ``generator``; returns a ``Batch``
         (``weights`` and ``priorities`` None). Raises ValueError on an empty buffer."""
         batch_size = check_int(batch_size, "batch_size", 1, 2 ** 31 - 1)
-        return self._batch(self.sampler.sample(batch_size, self.generator))
+        sampler = self.sampler
+        if self.storage.path == "triton" and sampler.mask_tree is None:  # draw, slots, keys, rows: one launch
+            sampler.check_nonempty()
+            r = torch.rand(batch_size, generator=self.generator, dtype=torch.float64, device=self.device)
+            fields, _, keys = self.storage.gather_uniform(r, sampler.counter)
+            return Batch(fields, keys)
+        return self._batch(sampler.sample(batch_size, self.generator))
 
     def _batch(self, s: Sample) -> Batch:
         return Batch(self.storage.gather(s.slots), s.keys, s.weights, s.priorities)
@@ -368,10 +381,6 @@ class PrioritizedReplayBuffer(ReplayBuffer):
     def tree(self):
         """The ``SumTree`` of priorities (and the key counter)."""
         return self.sampler.tree
-
-    @property
-    def backend(self) -> str:
-        return self.tree.backend
 
     @property
     def alpha(self) -> float:

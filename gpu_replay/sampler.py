@@ -66,8 +66,13 @@ class UniformSampler:
     def __len__(self) -> int:
         return self.counter.live()
 
-    def add(self, n: int, valid: torch.Tensor | None) -> torch.Tensor:
-        """Hand out n keys (rows ``valid`` False are never sampled). ``valid`` is on the device."""
+    def wants_keys(self, valid) -> bool:
+        """Whether the storage's write should also write the keys (a plain uniform add)."""
+        return valid is None and self.mask_tree is None
+
+    def add(self, n: int, valid: torch.Tensor | None, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Hand out n keys (rows ``valid`` False are never sampled; ``valid`` on the device).
+        ``keys``: the keys the storage's write already made, if it did."""
         if valid is not None and self.mask_tree is None:
             self._make_mask_tree()
         if self.mask_tree is not None:
@@ -77,18 +82,22 @@ class UniformSampler:
         if c.np is not None:
             a = int(c.np[0])
             c.np[0] = a + n
-            return torch.from_numpy(np.arange(a, a + n, dtype=np.int64))
-        keys = c.t[0] + torch.arange(n, dtype=torch.int64, device=self.device)
+            return torch.from_numpy(np.arange(a, a + n, dtype=np.int64)) if keys is None else keys
+        if keys is None:
+            keys = c.t[0] + torch.arange(n, dtype=torch.int64, device=self.device)
         c.t[:1].add_(n)
         return keys
+
+    def check_nonempty(self) -> None:
+        if self.counter.maybe_empty():
+            raise ValueError("sample: expected a buffer with rows, got an empty one; add rows first")
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Sample:
         if self.mask_tree is not None:
             s = self.mask_tree._sample(batch_size, 0.0, generator, None)
             return Sample(s.slots, s.keys, None, None)
         c = self.counter
-        if c.maybe_empty():
-            raise ValueError("sample: expected a buffer with rows, got an empty one; add rows first")
+        self.check_nonempty()
         if c.np is not None:  # the CPU knows the row count: an integer draw
             slots = torch.randint(0, c.live(), (batch_size,), generator=generator)
         else:  # the row count stays on the device: floor(r * live)
@@ -144,7 +153,10 @@ class PrioritizedSampler:
     def __len__(self) -> int:
         return self.counter.live()
 
-    def add(self, n: int, valid: torch.Tensor | None) -> torch.Tensor:
+    def wants_keys(self, valid) -> bool:
+        return False  # the tree's insert makes them
+
+    def add(self, n: int, valid: torch.Tensor | None, keys: torch.Tensor | None = None) -> torch.Tensor:
         return self.tree._add(n, valid)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None, beta=0.4) -> Sample:

@@ -16,6 +16,7 @@ import math
 import threading
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from . import kernels as _k
@@ -175,6 +176,8 @@ class SumTree:
         # the key counter: this tree's own, or (a uniform buffer's validity tree) its owner's
         self.counter = counter if counter is not None else KeyCounter(capacity, self.device)
         self.lock = threading.RLock()
+        self._sums_np = self.state.sums.numpy() if self.device.type == "cpu" else None
+        self._draws: dict[int, tuple] = {}  # numba backend: reused draw buffers by batch size
 
     @property
     def capacity(self) -> int:
@@ -233,12 +236,26 @@ class SumTree:
         batch_size = check_int(batch_size, "batch_size", 1, 2 ** 31 - 1)
         beta = check_beta(beta, self.device)
         check_choice(normalize, "normalize", ("global", "batch"))
-        return self._sample(batch_size, beta, generator, normalize)
+        s = self._sample(batch_size, beta, generator, normalize)
+        return s._replace(slots=torch.from_numpy(s.slots)) if isinstance(s.slots, np.ndarray) else s
 
     def _sample(self, batch_size: int, beta, generator, normalize: str) -> Sample:
+        """``sample`` after the checks. On the numba backend ``slots`` is a numpy array (the
+        storage gathers with it; internal use only)."""
         self.check_nonempty()
+        if self.backend == "numba":  # the same draws as torch.rand, into a reused numpy-backed tensor
+            r_np, r = self._draws.get(batch_size) or self._draw_buffer(batch_size)
+            r.uniform_(generator=generator)
+            return Sample(*self.ops.sample_host(self.state, self.scratch, self.counter, r_np, beta, normalize))
         r = torch.rand(batch_size, generator=generator, dtype=torch.float64, device=self.device)
         return Sample(*self.ops.sample(self.state, self.scratch, self.counter, r, beta, normalize))
+
+    def _draw_buffer(self, batch_size: int):
+        if len(self._draws) > 16:
+            self._draws.clear()
+        r_np = np.empty(batch_size, dtype=np.float64)
+        self._draws[batch_size] = out = (r_np, torch.from_numpy(r_np))
+        return out
 
     @_locked
     def find(self, mass: torch.Tensor) -> Sample:
@@ -251,12 +268,9 @@ class SumTree:
     def check_nonempty(self) -> None:
         if self.counter.maybe_empty():
             raise ValueError("sample: expected a buffer with rows, got an empty one; add rows first")
-        if self.counter.np is not None and not self.scratch_total() > 0:  # free on the CPU
+        if self._sums_np is not None and not self._sums_np[0] > 0:  # free on the CPU
             raise ValueError("sample: expected rows with a priority above 0, got only rows of priority 0 "
                              "(added with valid=False); nothing to sample")
-
-    def scratch_total(self) -> float:
-        return float(self.state.sums[0]) if self.counter.np is not None else math.nan
 
     # ------------------------------------------------------------------ reading
     @property

@@ -48,6 +48,8 @@ def backend(name: str) -> SimpleNamespace:
     from . import insert, refresh, sample, update
     ops = {op: getattr(mod, f"{op}_{name}") for op, mod in
            (("insert", insert), ("update", update), ("sample", sample), ("refresh", refresh))}
+    if name == "numba":
+        ops["sample_host"] = sample.sample_host
     return SimpleNamespace(name=name, prepare=_PREPARE[name], **ops)
 
 
@@ -70,7 +72,8 @@ def _prepare_numba(st):
         raise ValueError(f"backend='numba' runs on the CPU only, got device {st.sums.device}")
     return SimpleNamespace(sums=st.sums.numpy(), mins=st.mins.numpy(), maxes=st.maxes.numpy(),
                            counters=st.counters.numpy(), offs=np.array(st.offsets, dtype=np.int64),
-                           hyper_np=np.array(st.hyper, dtype=np.float64), no_mask=np.zeros(1, dtype=np.bool_))
+                           hyper_np=np.array(st.hyper, dtype=np.float64), no_mask=np.zeros(1, dtype=np.bool_),
+                           layout=(st.capacity, st.fanout, st.depth, st.log2k))
 
 
 def _prepare_triton(st):

@@ -94,22 +94,23 @@ def insert_triton(st, sc, counter, n: int, valid: torch.Tensor | None) -> torch.
 
 
 if numba is not None:
+    import numpy as np
+
     from .refresh import refresh_range_nb
 
 
 def insert_numba(st, sc, counter, n: int, valid: torch.Tensor | None) -> torch.Tensor:
     """Compiled CPU twin: one compiled call for the leaves, the levels and the counter."""
     A = int(counter.np[0])
-    _insert_leaves_nb(sc.sums, sc.mins, sc.offs, sc.maxes, counter.np, n,
-                      sc.no_mask if valid is None else valid.numpy(), valid is not None,
-                      st.capacity, st.fanout, st.depth, st.log2k)
-    return torch.arange(A, A + n, dtype=torch.int64)
+    _insert_nb(sc.sums, sc.mins, sc.offs, sc.maxes, counter.np, n,
+               sc.no_mask if valid is None else valid.numpy(), valid is not None, *sc.layout)
+    return torch.from_numpy(np.arange(A, A + n, dtype=np.int64))
 
 
 if numba is not None:
 
     @numba.njit(cache=True, nogil=True)
-    def _insert_leaves_nb(sums, mins, offs, maxes, cnt, n, valid, has_valid, C, K, D, log2k):
+    def _insert_nb(sums, mins, offs, maxes, cnt, n, valid, has_valid, C, K, D, log2k):
         A = cnt[0]
         m = min(n, C)
         leaf = offs[D]

@@ -230,11 +230,19 @@ _NORM = {None: 0, "global": 1, "batch": 2}
 def sample_numba(st, sc, counter, r: torch.Tensor, beta, normalize: str | None = "global", direct: bool = False):
     """Compiled CPU twin: one compiled call for the descent, the keys and the weights.
     ``beta`` is a float here (the CPU reads it for free)."""
+    slots, keys, prio, w = sample_host(st, sc, counter, r.numpy(), beta, normalize, direct)
+    return torch.from_numpy(slots), keys, prio, w
+
+
+def sample_host(st, sc, counter, r, beta, normalize: str | None = "global", direct: bool = False):
+    """``sample_numba`` with the draws as a numpy array, returning the slots as one too (the
+    CPU storage gathers with them directly)."""
     B = r.shape[0]
-    slots = torch.empty(B, dtype=torch.int64)
-    keys = torch.empty(B, dtype=torch.int64)
-    prio = torch.empty(B, dtype=torch.float64)
-    w = torch.empty(B, dtype=torch.float32)
-    sample_nb(sc.sums, sc.mins, sc.offs, r.numpy(), counter.np[0], float(beta), st.fanout, st.depth, st.capacity,
-              direct, _NORM[normalize], slots.numpy(), keys.numpy(), prio.numpy(), w.numpy())
-    return slots, keys, prio, (w if normalize is not None else None)
+    slots = np.empty(B, dtype=np.int64)
+    keys = np.empty(B, dtype=np.int64)
+    prio = np.empty(B, dtype=np.float64)
+    w = np.empty(B, dtype=np.float32)
+    sample_nb(sc.sums, sc.mins, sc.offs, r, counter.np[0], float(beta), st.fanout, st.depth, st.capacity,
+              direct, _NORM[normalize], slots, keys, prio, w)
+    t = torch.from_numpy
+    return slots, t(keys), t(prio), (t(w) if normalize is not None else None)

@@ -222,7 +222,7 @@ if numba is not None:
 
 def update_numba(st, sc, counter, keys: torch.Tensor, td: torch.Tensor) -> None:
     """Compiled CPU twin: one compiled call for the leaves, counters, maxima and levels."""
-    if td.dtype not in (torch.float32, torch.float64):  # float16/bfloat16: numba has no such type
+    if td.dtype is not torch.float32 and td.dtype is not torch.float64:  # float16/bfloat16: numba has no such type
         td = td.to(torch.float64)  # exact, and what the twin does first
     update_nb(sc.sums, sc.mins, sc.offs, counter.np, keys.numpy(), td.numpy(), sc.maxes, sc.counters,
-              sc.hyper_np, st.capacity, st.fanout, st.depth, st.log2k)
+              sc.hyper_np, *sc.layout)
