@@ -26,10 +26,14 @@ import torch
 class KeyCounter:
     """``t``: int64 [added, floor] on the device (what kernels read and advance)."""
 
-    def __init__(self, capacity: int, device: torch.device):
+    def __init__(self, capacity: int, device: torch.device, host: bool | None = None):
+        """``host``: the host may read the counter for free (a CPU buffer off the Triton path;
+        the default is ``device.type == "cpu"``). Otherwise every read is a device read."""
         self.capacity = capacity
-        self.t = torch.zeros(2, dtype=torch.int64, device=device)
-        self.np = self.t.numpy() if device.type == "cpu" else None
+        with torch.inference_mode(False):
+            self.t = torch.zeros(2, dtype=torch.int64, device=device)
+        host = device.type == "cpu" if host is None else host
+        self.np = self.t.numpy() if host else None
         self.seen_rows = False  # an eager call added rows (CUDA: lets sample skip its empty check)
 
     def read(self) -> tuple[int, int]:

@@ -62,7 +62,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import autoreset
+from . import autoreset, staging
 from ._backend import resolve_backend
 from ._checks import StateReader, as_device, as_tensor, check_field, check_float, check_int, normalize_spec
 
@@ -180,13 +180,18 @@ class NStep:
         self._views()
 
     def _views(self) -> None:
-        """numpy views of the windows (the CPU writes them with numpy, ~1 µs a field)."""
+        """numpy views of the windows (the CPU writes them with numpy, ~1 µs a field) and
+        their wide-word row views [num_envs * n, words] (the Triton kernels' view)."""
+        from .storage import wide_rows
         self._np = {}
         if self._cpu:
             for name, t in (*self._win.items(), ("next_obs", self._next_obs), ("reward", self._reward),
-                            ("term", self._term), ("done", self._done), ("real", self._real)):
+                            ("term", self._term), ("done", self._done), ("real", self._real),
+                            ("prev_done", self._prev_done)):
                 if t is not None and t.dtype != torch.bfloat16:
                     self._np[name] = t.numpy()
+        rows = self.num_envs * self.n
+        self._wwin = {name: wide_rows(t, rows) for name, t in (*self._win.items(), ("next_obs", self._next_obs))}
 
     @property
     def spec(self) -> dict | None:
@@ -268,6 +273,8 @@ class NStep:
         if out is None:
             return None
         rows, valid = out
+        if self.backend == "triton" and len(self._win) < 8:  # the emit kernel wrote fresh rows
+            return rows, valid
         return {k: v.clone() if k in self._win else v for k, v in rows.items()}, valid
 
     def _step(self, obs, action, reward, next_obs, terminated, truncated, info=None, final_obs=None,
@@ -278,78 +285,49 @@ class NStep:
         if self._fields is None:  # all inputs are valid: fix the spec now
             self._fields = fields
             self._allocate()
+        nxt0, nxt = nxt, self._with_final_obs(nxt, fin)
         w = self._t % self.n
-        if self._cpu:
-            self._record_cpu(w, tensors, nxt, rew, term, trunc, fin)
+        ops = self._ops
+        if self.backend == "numba":
+            ops.record_numba(self, w, tensors, nxt, rew, term, trunc)
         else:
-            self._record_device(w, tensors, nxt, rew, term, trunc, fin)
+            names = list(tensors)
+            dts = [self._fields[k][1] for k in names] + [self._fields["obs"][1], torch.float64, torch.bool, torch.bool]
+            # numpy inputs go to the staging as numpy (host data, even when the device is the CPU)
+            given = {"obs": obs, "action": action, **(extra or {})}
+            raw = [_numpy_or(given[k], t) for k, t in tensors.items()]
+            raw += [_numpy_or(next_obs, nxt) if nxt is nxt0 else nxt,
+                    _numpy_or(reward, rew), _numpy_or(terminated, term), _numpy_or(truncated, trunc)]
+            moved = staging.to_device(raw, dts, self.device, stage=self.backend == "triton")
+            record = ops.record_triton if self.backend == "triton" else ops.record_torch
+            record(self, w, dict(zip(names, moved[:len(names)])), *moved[len(names):])
         self._t += 1
         if self._t < self.n:
             return None
-        start = (w + 1) % self.n
-        return self._emit(start, self.n)
+        return self._emit((w + 1) % self.n, self.n)
 
-    def _record_cpu(self, w, tensors, nxt, rew, term, trunc, fin) -> None:
-        np_ = self._np
-        for name, t in tensors.items():
-            _put(np_.get(name), self._win[name], w, t)
-        if fin is not None and fin[0] is not None:
-            dense, mask = fin
-            mask_np = _host(mask).astype(bool)
-            nx = np.where(mask_np.reshape(-1, *([1] * (nxt.dim() - 1))), _host(dense), _host(nxt))
-            _put(np_.get("next_obs"), self._next_obs, w, nx)
-        else:
-            _put(np_.get("next_obs"), self._next_obs, w, nxt)
-        np_["reward"][:, w] = _host(rew)
-        te, tr = _host(term), _host(trunc)
-        np_["term"][:, w] = te
-        done = te | tr
-        np_["done"][:, w] = done
-        if self.autoreset_mode == "next_step":  # the call after an episode end is a reset step
-            prev = self._prev_done.numpy()
-            np_["real"][:, w] = ~prev
-            prev[:] = done
-        else:
-            np_["real"][:, w] = True
-
-    def _record_device(self, w, tensors, nxt, rew, term, trunc, fin) -> None:
-        E = self.num_envs
-        nb = self.device.type == "cuda"  # host -> device without a sync (copy_ from CPU memory)
-        nxt_w = self._next_obs.select(1, w)
-        if fin is not None and fin[0] is not None:
-            dense, mask = fin
-            obs_dt = self._fields["obs"][1]
-            dense = dense.detach().to(self.device, obs_dt, non_blocking=nb)
-            mask = mask.to(self.device, non_blocking=nb).view(E, *([1] * (nxt.dim() - 1)))
-            nxt_w.copy_(torch.where(mask, dense, nxt.detach().to(self.device, obs_dt, non_blocking=nb)))
-        else:
-            nxt_w.copy_(nxt.detach(), non_blocking=nb)
-        for name, t in tensors.items():  # copy_ converts dtype and device in one op
-            self._win[name].select(1, w).copy_(t.detach(), non_blocking=nb)
-        self._reward.select(1, w).copy_(rew.detach(), non_blocking=nb)
-        term_w, done_w = self._term.select(1, w), self._done.select(1, w)
-        term_w.copy_(term, non_blocking=nb)
-        torch.logical_or(term_w, trunc.to(self.device, non_blocking=nb), out=done_w)
-        if self.autoreset_mode == "next_step":
-            torch.logical_not(self._prev_done, out=self._real.select(1, w))
-            self._prev_done.copy_(done_w)
-        else:
-            self._real.select(1, w).fill_(True)
+    def _with_final_obs(self, nxt, fin):
+        """next_obs with each done env's true final observation in its row (same-step
+        autoreset): on the host when everything is there, else on the device."""
+        if fin is None or fin[0] is None:
+            return nxt
+        dense, mask = fin
+        host = all(isinstance(x, np.ndarray) or x.device.type == "cpu" for x in (nxt, dense, mask))
+        obs_dt = self._fields["obs"][1]
+        if host and obs_dt != torch.bfloat16:
+            m = _host(mask).astype(bool).reshape(-1, *([1] * (nxt.dim() - 1)))
+            return np.where(m, _host(dense), _host(nxt))
+        nb = self.device.type == "cuda"
+        mask = mask.to(self.device, non_blocking=nb).view(-1, *([1] * (nxt.dim() - 1)))
+        return torch.where(mask, dense.detach().to(self.device, obs_dt, non_blocking=nb),
+                           nxt.detach().to(self.device, obs_dt, non_blocking=nb))
 
     def _emit(self, start: int, L: int):
-        """Rows for the transitions that start in ring slot ``start`` (a host int), over the
-        next L steps of the window (L <= n). Fixed shapes, no host sync. obs, action and the
-        extras are views of the windows."""
-        if self._cpu:
-            reward, discount, terminated, last, valid = self._ops.emit_numba(self, start, L)
-        else:
-            reward, discount, terminated, last, valid = self._ops.emit_torch(self, start, L)
-        rows = {name: win.select(1, start) for name, win in self._win.items()}
-        rows["reward"] = reward
-        rows["next_obs"] = self._next_obs.flatten(0, 1).index_select(0, last)
-        rows["discount"] = discount
-        rows["terminated"] = terminated
-        return rows, valid
+        """(rows, valid) for the transitions that start in ring slot ``start`` (a host int),
+        over the next L steps of the window (L <= n): fixed shapes, no host sync. On the host
+        and torch paths obs, action and the extras are views of the windows."""
+        emit = {"numba": self._ops.emit_numba, "triton": self._ops.emit_triton}.get(self.backend, self._ops.emit_torch)
+        return emit(self, start, L)
 
     # ------------------------------------------------------------------ flush / reset
     def flush(self):
@@ -468,15 +446,12 @@ class NStep:
 
 
 def _host(t) -> np.ndarray:
-    """A numpy view of a CPU input (a tensor that requires grad is detached)."""
+    """A numpy view of a host input (a tensor that requires grad is detached)."""
     if isinstance(t, np.ndarray):
         return t
     return t.detach().numpy() if t.device.type == "cpu" else t.detach().cpu().numpy()
 
 
-def _put(dst_np, dst: torch.Tensor, w: int, t) -> None:
-    """Window slot w of every env <- t ([E, ...]), cast to the window's dtype."""
-    if dst_np is not None and (isinstance(t, np.ndarray) or (t.device.type == "cpu" and t.dtype != torch.bfloat16)):
-        dst_np[:, w] = _host(t)
-    else:
-        dst.select(1, w).copy_(t.detach() if isinstance(t, torch.Tensor) else torch.from_numpy(t))
+def _numpy_or(original, checked):
+    """The caller's numpy array as it was given (staged as host data), else the checked tensor."""
+    return original if isinstance(original, np.ndarray) else checked

@@ -47,7 +47,7 @@ class UniformSampler:
         self.capacity = capacity
         self.device = device
         self.backend = resolve_backend(backend, device)
-        self.counter = KeyCounter(capacity, device)
+        self.counter = KeyCounter(capacity, device, device.type == "cpu" and self.backend != "triton")
         self.mask_tree: SumTree | None = None
         if masked:
             self._make_mask_tree()
@@ -125,7 +125,7 @@ class UniformSampler:
             tree = self.mask_tree
             if tree is None:
                 tree = SumTree(self.capacity, alpha=0.0, device=self.device, backend=self.backend,
-                               counter=KeyCounter(self.capacity, self.device))
+                               counter=self.counter)
             tree_commit = tree.prepare_load(tree_sd, r.sub("mask_tree"), shift)
 
         def commit():

@@ -24,11 +24,12 @@ def pinned_empty(nbytes: int, device: torch.device) -> torch.Tensor:
     return torch.empty(nbytes, dtype=torch.uint8, pin_memory=device.type == "cuda")
 
 
-def _host_array(t, dtype: torch.dtype) -> np.ndarray | None:
-    """A numpy view (converted) of a host input, or None for a device tensor."""
+def _host_array(t, dtype: torch.dtype, device: torch.device) -> np.ndarray | None:
+    """A numpy view of a host input, or None for a tensor already on ``device`` (on the CPU
+    under the Triton interpreter, a CPU tensor counts as one: numpy data is the host's)."""
     if isinstance(t, np.ndarray):
         return t
-    if t.device.type != "cpu":
+    if t.device == device or t.device.type != "cpu":
         return None
     t = t.detach()
     if t.dtype == torch.bfloat16 or dtype == torch.bfloat16:
@@ -47,7 +48,7 @@ def to_device(inputs: list, dtypes: list[torch.dtype], device: torch.device, sta
     out: list = [None] * len(inputs)
     host = []
     for i, (x, dt) in enumerate(zip(inputs, dtypes)):
-        a = _host_array(x, dt) if stage and dt in _NP else None
+        a = _host_array(x, dt, device) if stage and dt in _NP else None
         if a is None:
             t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
             t = t.detach()

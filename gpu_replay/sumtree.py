@@ -174,9 +174,10 @@ class SumTree:
         self.ops = _k.backend(self.backend)
         self.scratch = self.ops.prepare(self.state)
         # the key counter: this tree's own, or (a uniform buffer's validity tree) its owner's
-        self.counter = counter if counter is not None else KeyCounter(capacity, self.device)
+        host = self.device.type == "cpu" and self.backend != "triton"  # the Triton path never reads the host
+        self.counter = counter if counter is not None else KeyCounter(capacity, self.device, host)
         self.lock = threading.RLock()
-        self._sums_np = self.state.sums.numpy() if self.device.type == "cpu" else None
+        self._sums_np = self.state.sums.numpy() if host else None
         self._draws: dict[int, tuple] = {}  # numba backend: reused draw buffers by batch size
 
     @property

@@ -75,7 +75,7 @@ if triton is not None:
             src = i
             dst = (A + i) % C
             if KEYS:
-                tl.store(key_out + i, A + i, mask=(i < n) & (tl.program_id(1) == 0))
+                tl.store(key_out + i, A + i, mask=(i < n) & ((i * 0 + tl.program_id(1)) == 0))
         elif MODE == 1:
             src = i
             dst = i * mul + add
@@ -88,7 +88,7 @@ if triton is not None:
             r = tl.load(idx_ptr + i, mask=ok, other=0.0)
             src = tl.minimum((r * live.to(tl.float64)).to(tl.int64), live - 1)
             dst = i
-            first = ok & (tl.program_id(1) == 0)
+            first = ok & ((i * 0 + tl.program_id(1)) == 0)
             a1 = A - 1
             tl.store(aux_out + i, src, mask=first)
             tl.store(key_out + i, a1 - (a1 - src) % C, mask=first)
