@@ -85,7 +85,45 @@ def record_launches():
                 ops.sample(st, sc, counter, r, 0.4, norm)
             ops.sample(st, sc, counter, r, torch.empty((), dtype=torch.float64, device=meta), "global")
             ops.sample(st, sc, counter, r, 0.0, None, True)  # find (the distributed sampler)
+    record_rows_and_nstep(meta)
     return list(RECORDED.values())
+
+
+SPECS = {  # the benchmark's transitions, the README's example, a many-field one
+    "vec8": {"obs": ((8,), torch.float32), "action": ((), torch.int64), "reward": ((), torch.float32),
+             "next_obs": ((8,), torch.float32), "done": ((), torch.bool)},
+    "frames": {"obs": ((84, 84, 4), torch.uint8), "action": ((), torch.int64), "reward": ((), torch.float32),
+               "next_obs": ((84, 84, 4), torch.uint8), "done": ((), torch.bool)},
+    "wide": {f"f{i}": ((3,), torch.float16) for i in range(10)},  # more fields than one launch takes
+}
+STEP_SPECS = {"pixels": {"obs": ((4, 84, 84), torch.uint8), "action": ((), torch.int64)},
+              "vec": {"obs": ((8,), torch.float32), "action": ((), torch.int64), "aux": ((2,), torch.float32)}}
+
+
+def record_rows_and_nstep(meta):
+    """The storage's row kernels (scatter, gather, uniform draw) and NStep's record and emit."""
+    from gpu_replay import NStep
+    from gpu_replay.storage import Storage
+    for spec in SPECS.values():
+        store = Storage(10 ** 6, spec, meta, "triton")
+        counter = KeyCounter(10 ** 6, meta)
+        for n in (1, 256, 4096):
+            rows = {k: torch.empty((n, *shape), dtype=dt, device=meta) for k, (shape, dt) in spec.items()}
+            store.write(store.prepare(rows), n, counter, keys=True)
+            store.write(store.prepare(rows), n, counter, keys=False)
+            store.gather(torch.empty(n, dtype=torch.int64, device=meta))
+            store.gather_uniform(torch.empty(n, dtype=torch.float64, device=meta), counter)
+    for spec in STEP_SPECS.values():
+        for E in (1, 8, 64):
+            for mode in ("next_step", "disabled"):
+                ns = NStep(E, 3, 0.99, device=meta, spec=spec, autoreset_mode=mode, backend="torch")
+                ns.backend = "triton"  # (resolve_backend wants a GPU; the launchers only need the shapes)
+                inputs = {k: torch.empty((E, *shape), dtype=dt, device=meta) for k, (shape, dt) in spec.items()}
+                for _ in range(3):
+                    ns.step(inputs["obs"], inputs["action"],
+                            torch.empty(E, device=meta), inputs["obs"], torch.empty(E, dtype=torch.bool, device=meta),
+                            torch.empty(E, dtype=torch.bool, device=meta),
+                            **{k: v for k, v in inputs.items() if k not in ("obs", "action")})
 
 
 def main(archs):
