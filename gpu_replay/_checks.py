@@ -147,6 +147,25 @@ def check_keys(keys, td, device: torch.device, td_name: str = "td_errors") -> tu
 _FAST_TD = (torch.float32, torch.float64)
 
 
+def numpy_casts(dt: torch.dtype) -> frozenset:
+    """The numpy dtypes whose torch dtype casts safely to ``dt`` (``torch.can_cast``): what the
+    CPU fast paths accept as they are (numpy then casts as it writes)."""
+    out = set()
+    for npdt in (np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8, np.uint8, np.bool_):
+        if torch.can_cast(torch.from_numpy(np.empty(0, npdt)).dtype, dt):
+            out.add(np.dtype(npdt))
+    return frozenset(out)
+
+
+def constant_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU constant (layout numbers, tables) on ``device`` without a host sync: on CUDA
+    through pinned memory with an asynchronous copy (a tree or window made inside a hot call,
+    e.g. by the first masked add, must not wait for the device)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``t`` on ``device`` in ``dtype``, contiguous and detached. Host -> device copies are
     asynchronous (non_blocking: the bytes are staged by the driver before the call returns;

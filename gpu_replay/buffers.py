@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import threading
 
+import numpy as np
 import torch
 
 from . import checkpoint as ckpt
@@ -225,13 +226,16 @@ class ReplayBuffer:
         if self.nstep is None:
             raise ValueError("flush: expected a buffer with an n-step stage (construct it with n_step=, "
                              "gamma=, num_envs=), got one without")
-        out = self.nstep.flush()
+        out = self.nstep._flush()
         return None if out is None else self._add_emitted(out)
 
     def _add_emitted(self, out) -> torch.Tensor:
         rows, valid = out
         # only next-step autoreset makes rows that are not transitions
-        return self._add(valid.shape[0], rows, valid if self.nstep.autoreset_mode == "next_step" else None)
+        mask = valid if self.nstep.autoreset_mode == "next_step" else None
+        if isinstance(valid, np.ndarray):  # the CPU path: numpy rows of the storage's dtypes, not aliasing it
+            return self._write(valid.shape[0], rows, None if mask is None else torch.from_numpy(mask))
+        return self._add(valid.shape[0], rows, mask)
 
     # ------------------------------------------------------------------ sampling
     @_locked

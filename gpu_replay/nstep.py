@@ -64,7 +64,8 @@ import torch
 
 from . import autoreset, staging
 from ._backend import resolve_backend
-from ._checks import StateReader, as_device, as_tensor, check_field, check_float, check_int, normalize_spec
+from ._checks import (StateReader, as_device, as_tensor, check_field, check_float, check_int, constant_to,
+                      normalize_spec, numpy_casts)
 
 __all__ = ["NStep"]
 
@@ -73,6 +74,11 @@ _OUTPUTS = ("reward", "next_obs", "discount", "terminated")
 _RESERVED = frozenset({"obs", "action", "reward", "next_obs", "terminated", "truncated", "discount",
                        "valid", "done", "info", "final_obs", "final_obs_mask"})
 _STATE_VERSION = 1
+
+
+_NP_CASTS = {dt: numpy_casts(dt) for dt in (torch.float64, torch.float32, torch.float16, torch.int64, torch.int32,
+                                          torch.int16, torch.int8, torch.uint8, torch.bool)}
+_REWARD_NP = _NP_CASTS[torch.float32]
 
 
 class NStep:
@@ -122,12 +128,12 @@ class NStep:
         E, n, dev = self.num_envs, self.n, self.device
         self._t = 0  # calls since construction / flush / reset (host int)
         gpow = [self.gamma ** m for m in range(n + 1)]  # gamma**m in float64 (host arithmetic)
-        self._gpow = torch.tensor(gpow, dtype=torch.float64).to(dev)
+        self._gpow = constant_to(torch.tensor(gpow, dtype=torch.float64), dev)
         self._gpow32 = self._gpow.to(torch.float32)
         self._gpow_np = np.array(gpow, dtype=np.float64)
         self._gpow32_np = self._gpow_np.astype(np.float32)
-        self._row0 = (torch.arange(E) * n).to(dev)  # first flat row of each env in [E * n]
-        self._ring = (torch.arange(2 * n) % n).to(dev)  # ring slots in time order from p: [p:p+L]
+        self._row0 = constant_to(torch.arange(E) * n, dev)  # first flat row of each env in [E * n]
+        self._ring = constant_to(torch.arange(2 * n) % n, dev)  # ring slots in time order from p: [p:p+L]
         with torch.inference_mode(False):
             self._reward = torch.zeros((E, n), dtype=torch.float64, device=dev)
             self._term = torch.zeros((E, n), dtype=torch.bool, device=dev)
@@ -136,6 +142,7 @@ class NStep:
             self._prev_done = torch.zeros((E,), dtype=torch.bool, device=dev)
         self._win: dict[str, torch.Tensor] = {}
         self._next_obs: torch.Tensor | None = None
+        self._fast = None  # set with the windows (the CPU fast path's expectations)
         self._cpu = self.backend == "numba"  # windows as numpy views, the emit scan compiled
         from .kernels import emit as _emit_ops  # (imports numba only if installed)
         self._ops = _emit_ops
@@ -178,6 +185,11 @@ class NStep:
             shape, dt = self._fields["obs"]
             self._next_obs = torch.zeros((E, n, *shape), dtype=dt, device=dev)
         self._views()
+        # the CPU fast path's expectations: {field: ((E, *shape), numpy dtypes that cast safely)}
+        self._fast = None
+        if self._cpu and self.autoreset_mode != "same_step" and all(dt in _NP_CASTS for _, dt in self._fields.values()):
+            self._fast = {name: ((E, *shape), _NP_CASTS[dt]) for name, (shape, dt) in self._fields.items()}
+            self._fast["next_obs"] = self._fast["obs"]
 
     def _views(self) -> None:
         """numpy views of the windows (the CPU writes them with numpy, ~1 µs a field) and
@@ -273,13 +285,50 @@ class NStep:
         if out is None:
             return None
         rows, valid = out
+        if isinstance(valid, np.ndarray):  # the CPU path's numpy rows (field rows: views of the windows)
+            return {k: v.clone() if isinstance(v, torch.Tensor) else torch.from_numpy(v.copy() if k in self._win else v)
+                    for k, v in rows.items()}, torch.from_numpy(valid)
         if self.backend == "triton" and len(self._win) < 8:  # the emit kernel wrote fresh rows
             return rows, valid
         return {k: v.clone() if k in self._win else v for k, v in rows.items()}, valid
 
+    def _fast_inputs(self, obs, action, reward, next_obs, terminated, truncated, info, final_obs, final_obs_mask,
+                     extra):
+        """The CPU path's plain case, checked on metadata alone: every input a numpy array of
+        the fixed shape and a dtype that casts safely (as gymnasium gives them), no final
+        observations to parse. Returns the fields, or None (then ``_check`` runs, with its
+        messages)."""
+        fast = self._fast
+        if fast is None or final_obs is not None or final_obs_mask is not None or len(extra) + 3 != len(fast):
+            return None
+        if info is not None and (type(info) is not dict or "final_obs" in info or "_final_obs" in info):
+            return None
+        E = self.num_envs
+        for a in (reward, terminated, truncated):
+            if type(a) is not np.ndarray or a.shape != (E,):
+                return None
+        if terminated.dtype != np.bool_ or truncated.dtype != np.bool_ or reward.dtype not in _REWARD_NP:
+            return None
+        given = {"obs": obs, "action": action, **extra}
+        for name, (shape, ok) in fast.items():
+            a = given.get(name) if name != "next_obs" else next_obs
+            if type(a) is not np.ndarray or a.shape != shape or a.dtype not in ok:
+                return None
+        return given
+
     def _step(self, obs, action, reward, next_obs, terminated, truncated, info=None, final_obs=None,
               final_obs_mask=None, extra=None):
-        """``step`` whose rows may be views of the windows (valid until the next call)."""
+        """``step`` whose rows may be views of the windows (valid until the next call); on the
+        CPU path (numba) the rows and the mask are numpy arrays."""
+        if self.backend == "numba":
+            given = self._fast_inputs(obs, action, reward, next_obs, terminated, truncated, info, final_obs,
+                                      final_obs_mask, extra or {})
+            if given is not None:
+                w = self._t % self.n
+                out = self._ops.step_numba(self, w, {k: given[k] for k in self._win}, next_obs, reward, terminated,
+                                           truncated)
+                self._t += 1
+                return out
         fields, tensors, nxt, rew, term, trunc, fin = self._check(
             obs, action, reward, next_obs, terminated, truncated, info, final_obs, final_obs_mask, extra or {})
         if self._fields is None:  # all inputs are valid: fix the spec now
@@ -330,8 +379,9 @@ class NStep:
         return emit(self, start, L)
 
     # ------------------------------------------------------------------ flush / reset
-    def flush(self):
-        """Emit the transitions still pending in the windows (``num_envs * min(calls, n - 1)``
+    def _flush(self):
+        """``flush`` (on the CPU path: numpy rows).
+        Emit the transitions still pending in the windows (``num_envs * min(calls, n - 1)``
         rows, row ``i * num_envs + e`` = env e's i-th oldest pending step, ``(rows, valid)``), or
         ``None`` if none is pending; then empty the windows. Their k is cut at the episode's end or
         at the last recorded step; ``terminated`` is set only if the episode really terminated.
@@ -342,10 +392,23 @@ class NStep:
             n, t = self.n, self._t
             # pending step i (0 = oldest) sits in slot (t - P + i) % n; its window runs to the end
             parts = [self._emit((t - P + i) % n, P - i) for i in range(P)]
-            rows = {name: torch.cat([p[0][name] for p in parts]) for name in parts[0][0]}
-            valid = torch.cat([p[1] for p in parts])
+            cat = np.concatenate if isinstance(parts[0][1], np.ndarray) else torch.cat
+            rows = {name: cat([p[0][name] for p in parts]) for name in parts[0][0]}
+            valid = cat([p[1] for p in parts])
             out = (rows, valid)
         self._clear(keep_autoreset=True)
+        return out
+
+    def flush(self):
+        """Emit the transitions still pending in the windows (``num_envs * min(calls, n - 1)``
+        rows, row ``i * num_envs + e`` = env e's i-th oldest pending step, ``(rows, valid)``), or
+        ``None`` if none is pending; then empty the windows. Their k is cut at the episode's end or
+        at the last recorded step; ``terminated`` is set only if the episode really terminated.
+        The next-step autoreset flags are kept (see ``reset``)."""
+        out = self._flush()
+        if out is not None and isinstance(out[1], np.ndarray):
+            out = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in out[0].items()}, \
+                torch.from_numpy(out[1])
         return out
 
     def reset(self) -> None:

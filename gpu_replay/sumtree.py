@@ -21,7 +21,7 @@ import torch
 
 from . import kernels as _k
 from ._backend import resolve_backend
-from ._checks import StateReader, as_device, check_choice, check_float, check_int, check_keys, check_mask
+from ._checks import StateReader, as_device, check_choice, check_float, check_int, check_keys, check_mask, constant_to
 from .keys import KeyCounter
 from .kernels._math import hyper_values
 
@@ -62,9 +62,9 @@ class TreeState:
         self.mins = torch.full((self.leaf_offset,), math.inf, dtype=torch.float64, device=device)
         self.maxes = torch.ones(2, dtype=torch.float64, device=device)
         self.counters = torch.zeros(2, dtype=torch.int64, device=device)
-        # constants the kernels read, made from CPU tensors (no blocking copy of a Python list)
-        self.offsets_t = torch.tensor(self.offsets, dtype=torch.int64).to(device)
-        self.hyper_t = torch.tensor(self.hyper, dtype=torch.float64).to(device)
+        # constants the kernels read (copied without a host sync)
+        self.offsets_t = constant_to(torch.tensor(self.offsets, dtype=torch.int64), device)
+        self.hyper_t = constant_to(torch.tensor(self.hyper, dtype=torch.float64), device)
 
     @property
     def leaves(self) -> torch.Tensor:

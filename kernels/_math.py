@@ -93,8 +93,8 @@ class TorchConstants:
     views and the scalars as Python floats (the same doubles) for the torch twins."""
 
     def __init__(self, device: torch.device):
-        # from a CPU tensor: no blocking host -> device copy of a Python list on CUDA
-        self.all = torch.from_numpy(CONSTANTS_NP.copy()).to(device)
+        src = torch.from_numpy(CONSTANTS_NP.copy())  # on CUDA: pinned, copied asynchronously (no sync)
+        self.all = src.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else src.to(device)
         self.invc = self.all[OFF_INVC:OFF_INVC + TABLE]
         self.lnc = self.all[OFF_LNC:OFF_LNC + TABLE]
         self.exp2 = self.all[OFF_EXP2:OFF_EXP2 + TABLE]

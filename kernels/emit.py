@@ -96,8 +96,38 @@ def record_numba(ns, w: int, fields: dict, nxt, rew, term, trunc) -> None:
         np_["real"][:, w] = True
 
 
+def step_numba(ns, w: int, fields: dict, nxt: np.ndarray, rew: np.ndarray, term: np.ndarray, trunc: np.ndarray):
+    """``record`` of numpy inputs, then (once the windows are full) ``emit``: the fields by numpy
+    (one assignment each), the flags, the reward and the whole emission scan in one compiled
+    call. Returns numpy (rows, valid) or None."""
+    np_ = ns._np
+    for name, a in fields.items():
+        np_[name][:, w] = a
+    np_["next_obs"][:, w] = nxt
+    E, n = ns.num_envs, ns.n
+    emit = ns._t + 1 >= n
+    start = (w + 1) % n
+    reward = np.empty(E, dtype=np.float32)
+    discount = np.empty(E, dtype=np.float32)
+    terminated = np.empty(E, dtype=np.bool_)
+    last = np.empty(E, dtype=np.int64)
+    valid = np.empty(E, dtype=np.bool_)
+    step_nb(np_["done"], np_["reward"], np_["term"], np_["real"], np_["prev_done"], rew, term, trunc, w,
+            ns.autoreset_mode == "next_step", emit, ns._gpow_np, ns._gpow32_np, start, n,
+            reward, discount, terminated, last, valid)
+    if not emit:
+        return None
+    rows = {name: np_[name][:, start] for name in ns._win}
+    rows["reward"] = reward
+    rows["next_obs"] = np_["next_obs"].reshape(E * n, *ns._next_obs.shape[2:])[last]
+    rows["discount"] = discount
+    rows["terminated"] = terminated
+    return rows, valid
+
+
 def emit_numba(ns, start: int, L: int):
-    """One compiled loop over the envs; the rows' fields as views of the windows."""
+    """One compiled loop over the envs. Returns numpy (rows, valid): the fields as views of the
+    windows, next_obs gathered, the scalars."""
     E = ns.num_envs
     reward = np.empty(E, dtype=np.float32)
     discount = np.empty(E, dtype=np.float32)
@@ -106,14 +136,14 @@ def emit_numba(ns, start: int, L: int):
     valid = np.empty(E, dtype=np.bool_)
     emit_nb(ns._np["done"], ns._np["reward"], ns._np["term"], ns._np["real"], ns._gpow_np, ns._gpow32_np,
             start, L, ns.n, reward, discount, terminated, last, valid)
-    t = torch.from_numpy
-    rows = {name: win.select(1, start) for name, win in ns._win.items()}
-    rows["reward"] = t(reward)
-    rows["next_obs"] = t(ns._np["next_obs"].reshape(E * ns.n, *ns._next_obs.shape[2:])[last]) \
-        if "next_obs" in ns._np else ns._next_obs.flatten(0, 1).index_select(0, t(last))
-    rows["discount"] = t(discount)
-    rows["terminated"] = t(terminated)
-    return rows, t(valid)
+    np_ = ns._np
+    rows = {name: np_[name][:, start] if name in np_ else win.select(1, start) for name, win in ns._win.items()}
+    rows["reward"] = reward
+    rows["next_obs"] = np_["next_obs"].reshape(E * ns.n, *ns._next_obs.shape[2:])[last] if "next_obs" in np_ \
+        else ns._next_obs.flatten(0, 1).index_select(0, torch.from_numpy(last))
+    rows["discount"] = discount
+    rows["terminated"] = terminated
+    return rows, valid
 
 
 def _host(t) -> np.ndarray:
@@ -132,6 +162,25 @@ def _put(dst_np, dst: torch.Tensor, w: int, t) -> None:
 
 
 if numba is not None:
+
+    @numba.njit(cache=True, nogil=True)
+    def step_nb(done, reward, term, real, prev_done, rew_in, term_in, trunc_in, w, next_step, emit, gpow, gpow32,
+                start, n, out_r, out_disc, out_term, out_last, out_valid):
+        """The flags and reward of step w (``record``), then the emission (``emit_nb``)."""
+        for e in range(done.shape[0]):
+            reward[e, w] = rew_in[e]
+            te = term_in[e]
+            d = te or trunc_in[e]
+            term[e, w] = te
+            done[e, w] = d
+            if next_step:
+                real[e, w] = not prev_done[e]
+                prev_done[e] = d
+            else:
+                real[e, w] = True
+        if emit:
+            emit_nb(done, reward, term, real, gpow, gpow32, start, n, n, out_r, out_disc, out_term, out_last,
+                    out_valid)
 
     @numba.njit(cache=True, nogil=True)
     def emit_nb(done, reward, term, real, gpow, gpow32, start, L, n, out_r, out_disc, out_term, out_last, out_valid):

@@ -1,4 +1,5 @@
 """The one-object pipeline: n-step windows feeding the buffer (``n_step=`` + ``step``)."""
+import numpy as np
 import pytest
 import torch
 
@@ -151,3 +152,30 @@ def test_nstep_compiled_cpu_scan_equals_the_tensor_ops(n):
                 assert torch.allclose(a[0][name], b[0][name], rtol=1e-6, atol=1e-6)
             else:
                 assert_equal(a[0][name], b[0][name], f"step {t} {name}")
+
+
+@pytest.mark.parametrize("mode", ["next_step", "disabled"])
+@pytest.mark.parametrize("cls", [ReplayBuffer, PrioritizedReplayBuffer])
+def test_numpy_fast_path_equals_the_checked_path(cls, mode):
+    """gymnasium's numpy inputs take a fast path on the CPU (metadata checks, one compiled call);
+    tensors take the fully checked one: the stored rows, keys and masks are the same."""
+    E = 3
+    fast = cls(200, SPEC, n_step=3, gamma=0.9, num_envs=E, autoreset_mode=mode)
+    slow = cls(200, SPEC, n_step=3, gamma=0.9, num_envs=E, autoreset_mode=mode)
+    if kernels.available("numba"):  # (the fast path belongs to the numba backend)
+        def checked(*a, **k):
+            raise AssertionError("numpy inputs took the checked path")
+        fast.nstep._check = checked
+    for tr in stream(60, E, seed=4):
+        np_tr = {k: v.numpy() for k, v in tr.items()}
+        np_tr["reward"] = np_tr["reward"].astype(np.float64)  # as gymnasium gives it
+        a = fast.step(**np_tr, info={})
+        b = slow.step(**tr)
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert_equal(a, b, "keys")
+    assert_equal(fast.flush(), slow.flush(), "flush keys")
+    for name in fast.spec:
+        assert_equal(fast.storage.data[name], slow.storage.data[name], name)
+    if cls is PrioritizedReplayBuffer:
+        assert_equal(fast.tree.leaves, slow.tree.leaves, "priorities")

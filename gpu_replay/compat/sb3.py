@@ -47,11 +47,14 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-from .._checks import as_device, check_float, check_int, to_torch_dtype
+from .._checks import as_device, check_float, check_int, numpy_casts, to_torch_dtype
 from ..buffers import ReplayBuffer
 from ._convert import flags, rows, tensor
 
 __all__ = ["SB3ReplayBuffer", "ReplayBufferSamples"]
+
+_FLOATS_OK = frozenset(np.dtype(d) for d in (np.float32, np.float64, np.float16, np.bool_, np.int64, np.int32, np.int8,
+                                             np.uint8, np.int16))
 
 
 class ReplayBufferSamples(NamedTuple):
@@ -150,6 +153,8 @@ class SB3ReplayBuffer:
                                              "reward": ((), torch.float32), "done": ((), torch.float32)},
                                        self.device, self.generator)
         self._calls = 0
+        self._views = self._host_views()
+        self._obs_full = (self.n_envs, *self.obs_shape)
 
     # ------------------------------------------------------------------ SB3 bookkeeping
     @property
@@ -196,7 +201,53 @@ class SB3ReplayBuffer:
         reshape = isinstance(self.observation_space, spaces.Discrete)  # as SB3 does
         return rows(value, what, self.n_envs, self.obs_shape, allow_reshape=reshape)
 
+    def _host_views(self):
+        """The CPU fast path's targets: the storage's numpy fields as [buffer_size, n_envs, ...]
+        (row e of add number t is key t * n_envs + e, as SB3's [pos, env] layout), and the
+        numpy dtypes each accepts as they are. None off the host path or with n-step."""
+        store = self.buffer.storage
+        if self.n_steps > 1 or store.path != "host" or len(store.np) != len(store.spec):
+            return None
+        views = {k: a.reshape(self.buffer_size, self.n_envs, *a.shape[1:]) for k, a in store.np.items()}
+        ok = {k: numpy_casts(dt) for k, (_, dt) in store.spec.items()}
+        return views, ok
+
+    def _fast_add(self, obs, next_obs, action, reward, done, infos) -> bool:
+        """``add`` of numpy arrays on the CPU, as SB3 does it: one numpy assignment per field at the
+        storage's next rows, then the key counter; False (nothing done) for anything else."""
+        if self._views is None:
+            return False
+        views, ok = self._views
+        n = self.n_envs
+        for a in (obs, next_obs, action, reward, done):
+            if type(a) is not np.ndarray:
+                return False
+        if obs.shape != self._obs_full or next_obs.shape != self._obs_full or obs.dtype not in ok["obs"] or \
+                next_obs.dtype not in ok["obs"] or action.size != n * self.action_dim or \
+                action.dtype not in ok["action"] or reward.size != n or reward.dtype not in _FLOATS_OK or \
+                done.size != n or done.dtype not in _FLOATS_OK:
+            return False
+        if not self.handle_timeout_termination:
+            d = done.reshape(n)
+        elif type(infos) is list and len(infos) == n and all(type(i) is dict for i in infos):
+            d = done.reshape(n) * np.array([not i.get("TimeLimit.truncated", False) for i in infos], np.float32)
+        else:
+            return False
+        counter = self.buffer.sampler.counter
+        row = int(counter.np[0]) % (self.buffer_size * n) // n
+        views["obs"][row] = obs
+        views["next_obs"][row] = next_obs
+        views["action"][row] = action.reshape(n, self.action_dim)
+        views["reward"][row] = reward.reshape(n)
+        views["done"][row] = d
+        counter.np[0] += n  # the rows' keys: the same as ReplayBuffer.add would hand out
+        counter.seen_rows = True
+        self._calls += 1
+        return True
+
     def add(self, obs, next_obs, action, reward, done, infos) -> None:
+        if self._fast_add(obs, next_obs, action, reward, done, infos):
+            return
         n = self.n_envs
         o = self._check_obs(obs, "add: obs")
         no = self._check_obs(next_obs, "add: next_obs")
@@ -247,7 +298,7 @@ class SB3ReplayBuffer:
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("buffer", "generator")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("buffer", "generator", "_views")}
         state["has_generator"] = self.generator is not None
         state["buffer_state"] = self.buffer.state_dict()
         return state
