@@ -121,9 +121,10 @@ class ReplayBuffer:
                 spec = self.nstep.buffer_spec()
             self.storage = Storage(capacity, spec, self.device, backend)
             self.sampler = self._make_sampler(capacity, backend)
-        tree = getattr(self.sampler, "tree", None) or getattr(self.sampler, "mask_tree", None)
-        if tree is not None:
-            tree.lock = self._lock  # rb.tree.check() from a monitor thread waits for a call in flight
+        self.sampler.lock = self._lock
+        for tree in (getattr(self.sampler, "tree", None), getattr(self.sampler, "mask_tree", None)):
+            if tree is not None:
+                tree.lock = self._lock  # rb.tree.check() from a monitor thread waits for a call in flight
 
     def _make_nstep(self, spec, n_step, gamma, num_envs, autoreset_mode, backend):
         if n_step is None:

@@ -48,6 +48,7 @@ class UniformSampler:
         self.device = device
         self.backend = resolve_backend(backend, device)
         self.counter = KeyCounter(capacity, device, device.type == "cpu" and self.backend != "triton")
+        self.lock = None  # the owning buffer's lock, given to a validity tree made later
         self.mask_tree: SumTree | None = None
         if masked:
             self._make_mask_tree()
@@ -55,6 +56,8 @@ class UniformSampler:
     def _make_mask_tree(self) -> None:
         with torch.inference_mode(False):  # a tree made inside inference_mode must still be writable
             tree = SumTree(self.capacity, alpha=0.0, device=self.device, backend=self.backend, counter=self.counter)
+            if self.lock is not None:
+                tree.lock = self.lock
             C = self.capacity
             A, F = self.counter.t[0], self.counter.t[1]
             keys = keys_from_slots(torch.arange(C, device=self.device), A, C)
@@ -133,6 +136,8 @@ class UniformSampler:
                 self.mask_tree = None
             else:
                 tree_commit()
+                if self.lock is not None:
+                    tree.lock = self.lock
                 self.mask_tree = tree
                 tree.counter = self.counter
             self.counter.set(added + shift, floor + shift)

@@ -9,6 +9,8 @@ so ``import gpu_replay`` imports neither compiler.
 from __future__ import annotations
 
 import importlib
+import os
+import threading
 
 import numpy as np
 
@@ -25,6 +27,35 @@ def _optional(name: str):
 triton = _optional("triton")
 tl = _optional("triton.language") if triton is not None else None
 numba = _optional("numba")
+
+
+class _Serialized:
+    """A kernel whose launches hold one process-wide lock: Triton's interpreter patches
+    ``triton.language`` while it runs a kernel, so two threads interpreting at once crash it
+    ("Did you forget to add @triton.jit?"). Compiled kernels on a GPU are not wrapped."""
+
+    _lock = threading.RLock()
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            with self._lock:
+                return launch(*args, **kwargs)
+        return run
+
+    def __getattr__(self, name):
+        return getattr(self.kernel, name)
+
+
+def launched(kernel):
+    """Mark a kernel launched from Python (``kernel[grid](...)``): serialized under the interpreter."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return _Serialized(kernel)
+    return kernel
 
 
 # ----------------------------------------------------------------------------- Triton

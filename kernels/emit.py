@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._jit import numba, tl, triton
+from ._jit import launched, numba, tl, triton
 from .rows import MAX_FIELDS, _block
 
 SEQ_SUM_MAX = 64  # the torch twin sums the return column by column up to this n (exact), else by matmul
@@ -243,6 +243,8 @@ if triton is not None:
         else:
             tl.store(real_win + dst, done * 0 + 1, mask=f)
 
+
+    _record_kernel = launched(_record_kernel)
     @triton.jit
     def _emit_kernel(s0, d0, w0, s1, d1, w1, s2, d2, w2, s3, d3, w3, s4, d4, w4, s5, d5, w5, s6, d6, w6,
                      ns_, nd, nw, rew_win, done_win, term_win, real_win, gpow, gpow32,
@@ -287,6 +289,8 @@ if triton is not None:
             _copy_field(s5, d5, first, e, w5, j, ok)
         if NF > 6:
             _copy_field(s6, d6, first, e, w6, j, ok)
+
+    _emit_kernel = launched(_emit_kernel)
 
 
 def _pad(triples, k: int) -> list:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._jit import numba, tl, triton
+from ._jit import launched, numba, tl, triton
 from ._math import launch_config
 from .refresh import SINGLE_MAX, refresh_torch
 
@@ -69,6 +69,8 @@ if triton is not None:
             refresh_levels_tl(sums_ptr, mins_ptr, offs_ptr, slots_out, m, log2k, K, DEPTH, BLOCK)
             tl.debug_barrier()
             tl.store(cnt_ptr, A + n)
+
+    _insert_kernel = launched(_insert_kernel)
 
 
 def insert_triton(st, sc, counter, n: int, valid: torch.Tensor | None) -> torch.Tensor:

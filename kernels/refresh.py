@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ._jit import numba, tl, triton
+from ._jit import launched, numba, tl, triton
 from ._math import launch_config, seq_cumsum
 
 
@@ -79,6 +79,8 @@ if triton is not None:
         tl.store(sums_ptr + out, acc, mask=mask)
         tl.store(mins_ptr + out, mn, mask=mask)
 
+
+    _refresh_kernel = launched(_refresh_kernel)
     @triton.jit
     def refresh_levels_tl(sums_ptr, mins_ptr, offs_ptr, slots_ptr, B, log2k,
                           K: tl.constexpr, DEPTH: tl.constexpr, BLOCK: tl.constexpr):

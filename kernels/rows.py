@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._jit import tl, triton
+from ._jit import launched, tl, triton
 from ._math import next_power_of_2
 
 MAX_FIELDS = 8
@@ -107,6 +107,8 @@ if triton is not None:
             _copy_field(s6, d6, src, dst, w6, j, ok)
         if NF > 7:
             _copy_field(s7, d7, src, dst, w7, j, ok)
+
+    _rows_kernel = launched(_rows_kernel)
 
 
 def _launch(srcs, dsts, mode: int, n: int, counter=None, idx=None, aux_out=None, key_out=None, skip: int = 0,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ._jit import numba, tl, triton
+from ._jit import launched, numba, tl, triton
 from ._math import launch_config, pow_pos_torch, seq_cumsum
 
 
@@ -117,6 +117,8 @@ if triton is not None:
             w = pow_pos(ratio, -beta, cst_ptr)
             tl.store(w_out + i, tl.where(pos, w, 0.0).to(tl.float32), mask=mask)
 
+
+    _sample_kernel = launched(_sample_kernel)
     @triton.jit
     def _batch_weights_kernel(prio_ptr, beta: tl.float64, beta_ptr, cst_ptr, w_out, B, BETA_T: tl.constexpr,
                               BLOCK: tl.constexpr):
@@ -140,6 +142,8 @@ if triton is not None:
             w = pow_pos(tl.where(pos, p / pmin, 1.0), -beta, cst_ptr)
             tl.store(w_out + i, tl.where(pos, w, 0.0).to(tl.float32), mask=mask)
             start += BLOCK
+
+    _batch_weights_kernel = launched(_batch_weights_kernel)
 
 
 def sample_triton(st, sc, counter, r: torch.Tensor, beta, normalize: str | None = "global",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ._jit import numba, tl, triton
+from ._jit import launched, numba, tl, triton
 from ._math import launch_config, priority_torch
 from .refresh import SINGLE_MAX, refresh_torch
 
@@ -146,6 +146,8 @@ if triton is not None:
             tl.atomic_add(counters_ptr + 1, b_drop)
             tl.atomic_max(maxnext_ptr, b_raw.to(tl.int64, bitcast=True))
             tl.atomic_max(maxnext_ptr + 1, b_p.to(tl.int64, bitcast=True))
+
+    _update_kernel = launched(_update_kernel)
 
 
 SORT_DEDUP_MIN = 2048

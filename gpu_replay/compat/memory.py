@@ -293,6 +293,8 @@ class PrioritizedReplayMemory:
         td = tensor(td_errors, "update_priorities: td_errors")
         if not td.is_floating_point():
             td = td.to(torch.float32)
+        if keys.dim() == 0:  # one index, as a scalar
+            keys = keys.reshape(1)
         if keys.dim() == 1 and td.dim() == 0 and keys.shape[0] == 1:
             td = td.reshape(1)
         self.buffer.update_priorities(keys, td)
