@@ -7,15 +7,18 @@ same timing loop, one run.
 
 Ops (median µs per call, full buffer, alpha 0.6, beta 0.4, |N(0,1)| TD errors):
 sample(B) with the fields gathered and IS weights; update(B) of the keys the previous sample
-returned; add(B); cycle(B) = add(16 rows) + sample(B) + update(B), timed as one. On CUDA the
+returned; update_random(B) of fresh random live keys; add(B); cycle(B) = add(16 rows) +
+sample(B) + update(B), timed as one. On CUDA the
 gpu_replay cycle is also timed captured in a CUDA graph (CUDA events, replays).
 
 Transitions: "vec8" (obs float32[8], action int64, reward float32, next_obs float32[8],
 done) and "frames" (obs/next_obs uint8[84, 84, 4]); capacities whose estimated memory does
 not fit are skipped and reported. Every implementation runs in its own subprocess
 (bench/peers), TorchRL under its own interpreter (bench/setup_peers.sh installs the peers);
-a peer that is not installed is reported as skipped. Writes
-bench/results/<device>-<date>.json and a PNG plot (time vs capacity per op, log axes).
+a peer that is not installed is reported as skipped. Writes a new
+bench/results/<device>-<date>-<time>.json for every run (rewritten after each job, so an
+interrupted run keeps what it measured; committed results are never overwritten) and a PNG
+plot (time vs capacity per op, log axes).
 """
 from __future__ import annotations
 
@@ -97,7 +100,9 @@ def graph_cycle_us(capacity: int, B: int, device: str, spec_kind: str, repeats: 
     return {"eager_us": eager, "graph_us": graphed, "tree_ok": ok}
 
 
-def run(args) -> dict:
+def run(args, path: str | None = None) -> dict:
+    """Every job in turn; with ``path``, the JSON is rewritten after each job (an interrupted
+    run keeps what it measured)."""
     device = args.device
     dev_name = device_name(device)
     budget = memory_budget(device)
@@ -137,6 +142,10 @@ def run(args) -> dict:
                 res = {"results": res, "meta": meta}
         out["results"].append({"impl": name, "label": P.REGISTRY[name].label, "spec": spec_kind,
                                "capacity": cap, **res})
+        out["versions"] = versions
+        out["seconds"] = time.time() - t_start
+        if path is not None:
+            _write_json(out, path)
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -153,6 +162,26 @@ def run(args) -> dict:
     out["versions"] = versions
     out["seconds"] = time.time() - t_start
     return out
+
+
+def _write_json(out: dict, path: str) -> None:
+    tmp = path + ".part"
+    with open(tmp, "w") as f:
+        json.dump(out, f, indent=1)
+    os.replace(tmp, path)
+
+
+def results_path(device_name: str, quick: bool, out_dir: str) -> str:
+    """A new file for every run: <device>-<date>-<time>[-quick].json (committed results are only
+    replaced on purpose, by renaming a run's file over them)."""
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    stem = f"{device_name.replace(' ', '_')}-{stamp}" + ("-quick" if quick else "")
+    path = os.path.join(out_dir, stem + ".json")
+    n = 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(out_dir, f"{stem}-{n}.json")
+    return path
 
 
 def table(out: dict, spec_kind: str, cap: int, ops, batch) -> str:
@@ -212,11 +241,12 @@ def main(argv=None):
     ap.add_argument("--frames-capacity", type=float, nargs="+", default=[1e4, 1e5])
     ap.add_argument("--batch", type=int, nargs="+", default=None)
     ap.add_argument("--specs", nargs="+", default=None, choices=["vec8", "frames"])
-    ap.add_argument("--ops", default="sample,update,add,cycle")
+    ap.add_argument("--ops", default="sample,update,update_random,add,cycle")
     ap.add_argument("--peers", default=None, help="comma-separated names (default: all)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--max-seconds", type=float, default=1.5)
-    ap.add_argument("--out", default=None, help="JSON path (default bench/results/<device>-<date>.json)")
+    ap.add_argument("--out", default=None, help="JSON path (default: a new file in --out-dir)")
+    ap.add_argument("--out-dir", default=RESULTS, help="folder for a new <device>-<date>-<time>.json")
     args = ap.parse_args(argv)
     gpu = args.device.startswith("cuda")
     if args.quick:
@@ -230,12 +260,10 @@ def main(argv=None):
     args.ops = args.ops.split(",")
     args.peers = args.peers.split(",") if args.peers else None
     torch.set_num_threads(1)
-    out = run(args)
-    os.makedirs(RESULTS, exist_ok=True)
-    stem = f"{out['device'].replace(' ', '_')}-{out['date']}"
-    path = args.out or os.path.join(RESULTS, stem + ".json")
-    with open(path, "w") as f:
-        json.dump(out, f, indent=1)
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = args.out or results_path(device_name(args.device), args.quick, args.out_dir)
+    out = run(args, path)
+    _write_json(out, path)
     png = os.path.splitext(path)[0] + ".png"
     try:
         plot(out, png, 256 if 256 in args.batch else args.batch[0])

@@ -44,7 +44,7 @@ PEER_MODULES: dict[str, str] = {
     "torch_cumsum": "peer_torch_cumsum",
 }
 
-OPS = ("sample", "update", "add", "cycle")
+OPS = ("sample", "update", "update_random", "add", "cycle")
 # the training-step cycle: add CYCLE_ADD rows (one step of that many envs), sample(B) with IS
 # weights, update(B) with the keys it returned, timed as one
 CYCLE_ADD = 16
@@ -263,6 +263,12 @@ def _run_ops(peer, meta, capacity, batch_sizes, ops, repeats, warmup, max_second
                 results["sample"][B] = ts
             if "update" in ops:
                 results["update"][B] = tu
+        if "update_random" in ops:
+            prios = [prep_pr(td_errors(rng, B)) for _ in range(8)]
+            keys = [peer.random_keys(B, rng) for _ in range(64)]  # fresh keys each call (made untimed)
+            results["update_random"][B] = _time_calls(
+                peer.update, _cycle([(k, prios[i % 8]) for i, k in enumerate(keys)]), repeats, warmup,
+                max_seconds, sync)
         if "add" in ops:
             prep = getattr(peer, "prepare_add", None)
             if prep:

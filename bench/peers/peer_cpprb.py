@@ -43,6 +43,9 @@ class CpprbBuffer:
         s = self.rb.sample(B, beta)
         return s["indexes"]
 
+    def random_keys(self, B: int, rng):
+        return rng.integers(0, self.rb.get_stored_size(), B)
+
     def update(self, indexes, priorities) -> None:
         self.rb.update_priorities(indexes, priorities)
 

@@ -166,6 +166,9 @@ class FlashbaxBuffer:
     def prepare_priorities(self, pr: np.ndarray):
         return self.jnp.asarray(pr + self.eps)
 
+    def random_keys(self, B: int, rng):
+        return self.jnp.asarray(rng.integers(0, self.capacity, B).astype(np.int32))
+
     def update(self, idx, priorities) -> None:
         self.state = self._set(self.state, idx, priorities)
 

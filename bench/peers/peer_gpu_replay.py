@@ -58,6 +58,11 @@ class GpuReplay:
     def sample(self, B: int, beta: float):
         return self.rb.sample(B, beta=beta).keys
 
+    def random_keys(self, B: int, rng):
+        """Fresh random live keys (the rows stored now)."""
+        hi = self.rb.sampler.counter.added()
+        return self.torch.from_numpy(rng.integers(hi - len(self.rb), hi, B)).to(self.device)
+
     def update(self, keys, td) -> None:
         self.rb.update_priorities(keys, td)
 

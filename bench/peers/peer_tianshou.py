@@ -82,6 +82,9 @@ class TianshouBuffer:
         batch, indices = self.buf.sample(B)
         return indices
 
+    def random_keys(self, B: int, rng):
+        return rng.integers(0, len(self.buf), B)
+
     def update(self, indices, priorities) -> None:
         self.buf.update_weight(indices, priorities)
 

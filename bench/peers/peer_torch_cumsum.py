@@ -96,6 +96,9 @@ class TorchCumsumBuffer:
     def prepare_priorities(self, pr: np.ndarray):
         return self.torch.from_numpy(pr).to(self.device)
 
+    def random_keys(self, B: int, rng):
+        return self.torch.from_numpy(rng.integers(0, self.size, B)).to(self.device)
+
     def update(self, ind, priorities) -> None:
         p = (priorities.abs() + self.eps) ** self.alpha
         self.priority[ind] = p

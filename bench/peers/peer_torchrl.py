@@ -83,6 +83,9 @@ class TorchRLBuffer:
     def prepare_priorities(self, pr: np.ndarray):
         return self.torch.from_numpy(pr).to(self.device)
 
+    def random_keys(self, B: int, rng):
+        return self.torch.from_numpy(rng.integers(0, len(self.rb), B)).to(self.device)
+
     def update(self, index, priorities) -> None:
         self.rb.update_priority(index, priorities)
 

@@ -165,6 +165,9 @@ class SeedsSumTreeBuffer:
         batch["idxs"] = idxs
         return idxs
 
+    def random_keys(self, B: int, rng):
+        return [int(i) + self.capacity - 1 for i in rng.integers(0, self.n_entries, B)]  # the tree's leaf indices
+
     def update(self, idxs, priorities) -> None:
         tree = self.tree
         for idx, err in zip(idxs, priorities):
