@@ -16,9 +16,10 @@ spec = {"obs": ((8,), torch.float32), "action": ((), torch.int64), "reward": (()
         "next_obs": ((8,), torch.float32), "done": ((), torch.bool)}
 rb = PrioritizedReplayBuffer(args.capacity, spec, device=dev, generator=torch.Generator(device=dev).manual_seed(0))
 print(f"PrioritizedReplayBuffer(capacity={args.capacity:,}) on {dev}, backend={rb.backend}, "
-      f"tree depth {rb.tree.state.depth} at fanout {rb.tree.state.fanout}")
-t0 = time.perf_counter()
-for it in range(2000):
+      f"tree depth {rb.tree.state.depth} at fanout {rb.tree.fanout}, {rb.nbytes / 2**20:.1f} MiB of rows")
+for it in range(2010):
+    if it == 10:  # after a warm-up (numba compiles its loops on first use)
+        t0 = time.perf_counter()
     n = 64
     rb.add({"obs": torch.randn(n, 8, device=dev), "action": torch.randint(0, 4, (n,), device=dev),
             "reward": torch.randn(n, device=dev), "next_obs": torch.randn(n, 8, device=dev),
@@ -30,5 +31,12 @@ if dev.type == "cuda":
     torch.cuda.synchronize()
 dt = time.perf_counter() - t0
 print(f"2000 cycles of add(64) + sample(256) + update(256): {dt:.2f} s ({dt / 2000 * 1e6:.0f} µs per cycle)")
-print(f"stored {len(rb):,} rows; last batch weights in [{s.weights.min():.3f}, {s.weights.max():.3f}]")
+p = rb.tree.leaves[:len(rb)]
+print(f"stored {len(rb):,} rows; priorities from {float(p.min()):.3g} to {float(p.max()):.3g} "
+      f"(p = (|td| + eps) ** 0.6)")
+w = s.weights
+print(f"IS weights of the last batch (beta = 1.0): w_i = (p_i / p_min) ** -beta, normalized by the buffer's\n"
+      f"  least likely row, which gets 1.0; rows sampled often get small weights: here {float(w.min()):.4f} to "
+      f"{float(w.max()):.4f}, mean {float(w.mean()):.4f}")
+print("  (normalize='batch' divides by the batch's max weight instead: the batch's least likely row gets 1.0)")
 print("counters:", rb.stats(), "| tree vs float64 recomputation, max rel. error:", rb.tree.check())

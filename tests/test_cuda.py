@@ -115,3 +115,61 @@ def test_host_inputs_reach_the_device_without_a_sync():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert rb.tree.check() == 0.0
+
+
+@pytest.mark.parametrize("cls", [ReplayBuffer, PrioritizedReplayBuffer])
+@pytest.mark.parametrize("num_envs", [1, 4])
+def test_nstep_rows_reach_a_cuda_buffer(cls, num_envs):
+    """One env's rows keep a stride of n in the windows: the storage must still take them."""
+    spec = {"obs": ((3,), torch.float32), "action": ((), torch.int64)}
+    rb = cls(256, spec, device="cuda", n_step=3, gamma=0.9, num_envs=num_envs)
+    for t in range(20):
+        rb.step(torch.randn(num_envs, 3), torch.zeros(num_envs, dtype=torch.int64), torch.ones(num_envs),
+                torch.randn(num_envs, 3), torch.tensor([t % 7 == 6] * num_envs), torch.zeros(num_envs, dtype=torch.bool))
+    rb.flush()
+    assert len(rb) > 0 and rb.sample(8)["obs"].is_cuda
+
+
+def test_large_update_captures_in_a_cuda_graph():
+    """Batches of 2048+ keys find duplicates with a device sort: still no host sync."""
+    rb = PrioritizedReplayBuffer(1 << 16, SPEC, device="cuda")
+    rb.add(make_batch(1 << 14))
+    td = torch.rand(4096, device="cuda")
+
+    def cycle():
+        s = rb.sample(4096, beta=0.4)
+        rb.update_priorities(s.keys, td)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            cycle()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        cycle()
+    for _ in range(5):
+        g.replay()
+    torch.cuda.synchronize()
+    assert rb.tree.check() == 0.0
+
+
+def test_the_triton_path_equals_the_torch_twins_on_the_device():
+    spec = {"obs": ((8,), torch.float32), "a": ((), torch.int64)}
+    bufs = [PrioritizedReplayBuffer(500, spec, device="cuda", backend=be, fanout=8,
+                                    generator=torch.Generator(device="cuda").manual_seed(3)) for be in ("torch", "triton")]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        n = int(torch.randint(1, 60, (1,), generator=g))
+        batch = {"obs": torch.randn(n, 8, generator=g), "a": torch.randint(0, 5, (n,), generator=g)}
+        td = torch.randn(64, generator=g).cuda()
+        outs = []
+        for b in bufs:
+            b.add(batch)
+            s = b.sample(64, beta=0.6)
+            b.update_priorities(s.keys, td)
+            outs.append(s)
+        assert torch.equal(outs[0].keys, outs[1].keys) and torch.equal(outs[0].weights, outs[1].weights)
+        assert torch.equal(outs[0]["obs"], outs[1]["obs"])
+    assert torch.equal(bufs[0].tree.state.sums, bufs[1].tree.state.sums)
