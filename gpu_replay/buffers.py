@@ -149,9 +149,13 @@ class ReplayBuffer:
 
     @property
     def nbytes(self) -> int:
-        """Device bytes the stored rows take (the storage; the sampler's tree is ~8-16 bytes
-        a row more for prioritized replay)."""
-        return self.storage.nbytes
+        """Device bytes the buffer holds: the stored rows, the sampler's sum tree (priorities,
+        ~9 bytes a row at fanout 16), the n-step windows."""
+        trees = [getattr(self.sampler, "tree", None), getattr(self.sampler, "mask_tree", None)]
+        held = sum(t.state.sums.nbytes + t.state.mins.nbytes for t in trees if t is not None)
+        if self.nstep is not None:
+            held += self.nstep.nbytes
+        return self.storage.nbytes + held
 
     @property
     def num_added(self) -> int:

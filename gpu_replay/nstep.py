@@ -206,6 +206,14 @@ class NStep:
         self._wwin = {name: wide_rows(t, rows) for name, t in (*self._win.items(), ("next_obs", self._next_obs))}
 
     @property
+    def nbytes(self) -> int:
+        """Device bytes of the windows (linear in n)."""
+        ts = [self._reward, self._term, self._done, self._real, self._prev_done, *self._win.values()]
+        if self._next_obs is not None:
+            ts.append(self._next_obs)
+        return sum(t.nbytes for t in ts)
+
+    @property
     def spec(self) -> dict | None:
         """``{name: (shape, dtype)}`` of the stored fields (obs, action, extras); None until fixed."""
         return None if self._fields is None else dict(self._fields)

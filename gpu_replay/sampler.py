@@ -101,8 +101,11 @@ class UniformSampler:
             return Sample(s.slots, s.keys, None, None)
         c = self.counter
         self.check_nonempty()
-        if c.np is not None:  # the CPU knows the row count: an integer draw
-            slots = torch.randint(0, c.live(), (batch_size,), generator=generator)
+        if c.np is not None:  # the CPU knows the row count: an integer draw, keys by numpy
+            slots = torch.randint(0, c.live(), (batch_size,), generator=generator).numpy()
+            a1 = int(c.np[0]) - 1
+            keys = np.where(slots <= a1, a1 - (a1 - slots) % self.capacity, -1)
+            return Sample(slots, torch.from_numpy(keys), None, None)  # (numpy slots: the host storage's)
         else:  # the row count stays on the device: floor(r * live)
             live = (c.t[0] - c.t[1]).clamp_max(self.capacity)
             r = torch.rand(batch_size, generator=generator, dtype=torch.float64, device=self.device)
