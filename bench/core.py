@@ -4,7 +4,7 @@
     python -m bench.core --fanout 8 16 32 64 # compare fanouts
 
 Transitions: obs float32[8], action int64, reward float32, next_obs float32[8], done bool
-(the PEERS.md setup). sample() includes gathering every field and the IS weights; update()
+(the setup of ../shared/PEERS.md, the project brief beside the repository). sample() includes gathering every field and the IS weights; update()
 takes raw TD errors; the buffer is full before timing. CPU timings use perf_counter with
 one torch thread; CUDA timings use CUDA events around each call.
 """

@@ -16,7 +16,7 @@
 #    extension needs two symbols that torch 2.13 lacks (torch::autograd::_wrap_outputs with the
 #    new signature, fire_node_creation_hooks) and resolves every symbol against torch 2.14.1.
 #    The harness runs the TorchRL measurement with this venv's python in a subprocess
-#    (bench/peers/torchrl_runner.py).
+#    (bench/peers/runner.py).
 #    Only PyPI is reachable from the development machines and PyPI's Linux torch is the CUDA
 #    build: torch 2.14.1 + its nvidia-*/cuda-toolkit wheels (about 3-4 GB on disk). It runs on a
 #    CPU-only machine. The CPU-only index (download.pytorch.org/whl/cpu) is tried first and
