@@ -1,0 +1,590 @@
+"""Exact global prioritized replay, sharded over ``torch.distributed``.
+
+Each rank of a process group holds one shard: a ``PrioritizedReplayBuffer`` on its own
+device, filled by its own actors (``add``/``step`` are local and need no communication).
+Sampling and priority updates are *collective*: every rank of the group calls them, in the
+same order, with the same ``batch_size``/``dst`` (NCCL between GPUs, Gloo on CPUs; the same
+code path).
+
+How it samples (exactly as one buffer holding the union of the shards would)
+------------------------------------------------------------------------------
+Shard s holds priorities p_i with total T_s (its tree's root, a float64 left-to-right sum
+of its children) and min m_s over its positive leaves. One ``all_gather`` per call brings
+every rank [T_s, m_s, rows_s] (and the call's arguments, see "Bad input"). Every rank then
+computes, bit for bit the same:
+
+    S_s = T_0 + ... + T_s          (float64, left to right: the prefix of the shard totals)
+    T   = S_{W-1}                  (W = world size; the union's total)
+    u_i = (i + r_i) * T / B        (stratum i of B; r_i ~ U[0, 1) from a CPU generator seeded
+                                    identically on every rank, so no draw is communicated)
+
+and descends the shard level exactly as the sum tree descends one of its own levels: u is
+clamped below T (to the next float down), the shard answering u_i is k = #{s : S_s <= u_i}
+(capped at W - 1), and its tree's ``find`` gets the mass u_i - S_{k-1}. S_{W-1} == T, so k
+is the first shard with S_k > u_i, which has T_k > 0: a draw never lands in an empty shard
+(nor, inside the shard, on a zero-priority row), however u rounds. When every shard's
+capacity is a power of the fanout K and W <= K, this *is* the descent of one K-ary tree over
+the union (the shard roots are its root's children), and the batches are bit-identical;
+otherwise they agree up to the rounding of different partial sums. Either way
+P(i) = p_i / sum over all shards of p.
+
+IS weights (float32) use the bit-exact power of ``kernels/_math.py``:
+w_i = (p_i / m) ** -beta with m = min_s m_s (``normalize="global"``: this is
+(N P(i))**-beta / max_j (N P(j))**-beta over the union) or m = the batch's min priority
+(``"batch"``: divided by the batch's max weight).
+
+Who gets the rows
+-----------------
+- ``sample(B, beta)`` (every rank a learner, e.g. DDP): each call draws W * B strata values
+  from the shared generator; rank q uses r[q*B:(q+1)*B], so every rank gets its own B rows,
+  each batch an exact stratified PER sample over the union, independent of the others.
+- ``sample(B, beta, dst=j)`` (one learner): B draws; rank j gets the B rows, the other
+  ranks get None.
+
+Every rank knows every draw's owner, so the row exchange needs no count exchange: each
+owner finds its draws, gathers their rows, packs key, priority and every field of a row into
+one uint8 row and sends them with one ``all_to_all_single`` (uneven split sizes, known to
+every rank). One sample call = 2 collectives.
+
+Keys carry their owner: ``key = local_key * W + rank`` (``owner_of``/``local_keys_of``
+decode it); per rank they are monotonic, as the shard's own keys are.
+
+Priority updates
+----------------
+``update_priorities(keys, td_errors)`` routes each key to its owner: one ``all_gather`` of
+[status, keys per owner] (this also lets every rank refuse together, see below), one
+``all_to_all_single`` of (local key, TD error) pairs, grouped by source rank, each group in
+the caller's order. The owner applies them in one local update, so every rule of
+``PrioritizedReplayBuffer.update_priorities`` holds per shard: stale keys (overwritten,
+cleared, never handed out, invalid rows) are dropped and counted, NaN/inf TD errors are
+replaced by the running max and counted (``strict=True`` raises on the calling rank instead,
+before anything is sent), and a key given more than once wins with its last write in the
+order (source rank, position): the highest rank's last occurrence. A third tiny collective
+(``all_reduce`` MAX of the running maxima) keeps every shard's running max equal to the
+union's, so a new row enters any shard with the priority a single buffer would give it.
+Ranks with nothing to update call ``update_priorities()`` with no keys.
+
+Bad input
+---------
+Every check runs on the calling rank before anything changes; the result (ok or not) rides
+on the call's first collective, so when one rank's input is refused every rank raises (the
+calling rank its own ``TypeError``/``ValueError``, the others a ``ValueError`` naming it)
+and no rank is left waiting in a collective. ``batch_size`` and ``dst`` must agree across
+ranks (checked the same way). Nothing changes on any shard, and the shared generator does
+not advance, on a refused call. An exception that is not an input error (a collective that
+times out, a device error) is not coordinated: a process group's ``timeout`` bounds it.
+
+Synchronization
+---------------
+On CPU/Gloo every host read is free. On CUDA/NCCL a sample reads the gathered shard stats
+back to the host once (B, the totals and the mins decide the split sizes that an uneven
+``all_to_all_single`` needs on the host), and an update reads its [W, W + 1] count matrix
+once; nothing else waits for the device.
+
+Checkpoints
+-----------
+``save(path)``/``load(path)`` are collective: each rank writes/reads its own file (``path``
+may hold ``{rank}`` and ``{world_size}``, filled in per rank). A file records its rank, the
+world size, the shared generator and a token common to all files of one save. ``load``
+checks its file fully on every rank (a file of another rank or world size, another save,
+or any mismatch a ``PrioritizedReplayBuffer.load`` refuses: ValueError), then either every
+rank commits or none does.
+
+Example (``torchrun --nproc_per_node=2 examples/distributed_per.py``)::
+
+    import torch, torch.distributed as dist
+    from gpu_replay.distributed import ShardedPrioritizedReplayBuffer
+
+    dist.init_process_group("gloo")                      # "nccl" with device=f"cuda:{local_rank}"
+    spec = {"obs": ((4,), torch.float32), "action": ((), torch.int64), "reward": ((), torch.float32)}
+    rb = ShardedPrioritizedReplayBuffer(10_000, spec, seed=0)  # the same seed on every rank
+    rb.add({"obs": torch.randn(64, 4), "action": torch.zeros(64, dtype=torch.int64),
+            "reward": torch.ones(64)})                   # this rank's actors' rows
+    batch = rb.sample(32, beta=0.4)                      # collective: 32 rows drawn over all shards
+    td = torch.randn(32)                                 # the learner's TD errors
+    rb.update_priorities(batch.keys, td)                 # collective: routed to the owners
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoint as ckpt
+from ._checks import StateReader, as_tensor, check_int, check_keys
+from .buffers import Batch, PrioritizedReplayBuffer
+from .kernels._math import torch_constants
+from .sumtree import DEFAULT_FANOUT, check_beta
+
+__all__ = ["ShardedPrioritizedReplayBuffer", "owner_of", "local_keys_of"]
+
+DIST_FORMAT = "gpu_replay.distributed"
+DIST_VERSION = 1
+_HEADER = 16  # bytes of a packed row before the fields: key (int64), priority (float64)
+_INPUT_ERRORS = (TypeError, ValueError)
+
+
+def owner_of(keys: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The rank that holds each key's row (``key % world_size``)."""
+    return torch.remainder(keys, world_size)
+
+
+def local_keys_of(keys: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Each key as its owner's shard numbers it (``key // world_size``)."""
+    return torch.div(keys, world_size, rounding_mode="floor")
+
+
+def _all_gather(vec: torch.Tensor, world_size: int, group) -> torch.Tensor:
+    """[W, m]: every rank's 1-D ``vec`` (one collective)."""
+    out = torch.empty(world_size * vec.numel(), dtype=vec.dtype, device=vec.device)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, vec.contiguous(), group=group)
+    return out.view(world_size, -1)
+
+
+def _digest(obj) -> int:
+    """A stable int64 fingerprint of ``repr(obj)`` (the same on every process)."""
+    return int.from_bytes(hashlib.sha256(repr(obj).encode()).digest()[:8], "little", signed=True)
+
+
+def _refused(where: str, statuses, rank: int, err: BaseException | None):
+    """Raise on every rank when any rank refused its input: the refusing rank its own error."""
+    bad = [r for r, s in enumerate(statuses) if s]
+    if not bad:
+        return
+    if err is not None:
+        raise err
+    raise ValueError(f"{where}: expected valid input on every rank, got input refused on rank(s) {bad} "
+                     f"(nothing changed on any shard)")
+
+
+class ShardedPrioritizedReplayBuffer:
+    """Prioritized replay with one shard per rank of a ``torch.distributed`` group, sampled
+    exactly as one buffer holding the union (see the module docstring for the math).
+
+    ``capacity``: rows this rank's shard holds (shards may differ). ``spec``, ``alpha``,
+    ``eps``, ``normalize``, ``strict``, ``seed`` and the n-step settings must be the same on
+    every rank (checked by one collective here: every rank must construct the buffer).
+    ``seed`` seeds the CPU generator of the global strata, identical on every rank. ``group``:
+    the process group (default: the world); ranks are the group's. ``device``: this rank's
+    shard device (default: the CPU with Gloo, the current CUDA device with NCCL).
+    ``backend``, ``fanout``, ``n_step``/``gamma``/``num_envs``/``autoreset_mode``: as for
+    ``PrioritizedReplayBuffer`` (the shard, ``self.local``).
+
+    Local (this rank only, no communication): ``add``, ``step``, ``flush``, ``len()``,
+    ``stats()``, ``check()``. Collective (every rank, same order): ``sample``,
+    ``update_priorities``, ``global_len``, ``global_stats``, ``save``, ``load``, ``clear``
+    (clear is local work, but every rank must clear for the shards' running maxima to stay
+    equal). Call the collective methods from one thread per rank; ``add`` from other threads
+    is safe (it waits while a sample or update holds the shard).
+    """
+
+    def __init__(self, capacity: int, spec, *, group=None, device=None, seed: int = 0, alpha: float = 0.6,
+                 eps: float = 1e-6, backend: str = "auto", fanout: int = DEFAULT_FANOUT,
+                 normalize: str = "global", strict: bool = False, n_step: int | None = None,
+                 gamma: float = 0.99, num_envs: int | None = None, autoreset_mode="next_step"):
+        if not dist.is_available() or not dist.is_initialized():
+            raise ValueError("group: expected an initialized torch.distributed process group (call "
+                             "torch.distributed.init_process_group first), got none")
+        self.group = group if group is not None else dist.group.WORLD
+        self.rank = dist.get_rank(self.group)
+        self.world_size = dist.get_world_size(self.group)
+        nccl = dist.get_backend(self.group) == "nccl"
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        err = None
+        cfg = None
+        try:
+            seed = check_int(seed, "seed", 0, 2 ** 63 - 1)
+            self.local = PrioritizedReplayBuffer(capacity, spec, device=device, alpha=alpha, eps=eps,
+                                                 backend=backend, fanout=fanout, normalize=normalize,
+                                                 strict=strict, n_step=n_step, gamma=gamma, num_envs=num_envs,
+                                                 autoreset_mode=autoreset_mode)
+            if nccl and self.local.device.type != "cuda":
+                raise ValueError(f"device: expected a CUDA device with the NCCL backend, got {self.local.device}")
+            cfg = (ckpt.spec_to_state(self.local.spec), self.local.alpha, self.local.eps, normalize, bool(strict),
+                   seed, n_step, float(gamma) if n_step is not None else None,
+                   autoreset_mode if n_step is not None else None)
+        except _INPUT_ERRORS as e:
+            err = e
+        self.device = self.local.device if err is None else None
+        # collectives run on the shard's device with NCCL, on the CPU with Gloo (and others)
+        self.comm_device = torch.device("cpu") if not nccl else \
+            self.device if err is None else torch.device("cuda", torch.cuda.current_device())
+        got = _all_gather(torch.tensor([int(err is not None), 0 if cfg is None else _digest(cfg)],
+                                       dtype=torch.int64, device=self.comm_device),
+                          self.world_size, self.group).tolist()
+        _refused("ShardedPrioritizedReplayBuffer", [g[0] for g in got], self.rank, err)
+        if len({g[1] for g in got}) != 1:
+            differ = [r for r, g in enumerate(got) if g[1] != got[0][1]]
+            raise ValueError("ShardedPrioritizedReplayBuffer: expected the same spec, alpha, eps, normalize, strict, "
+                             f"seed and n-step settings on every rank, got settings that differ from rank 0's on "
+                             f"rank(s) {differ}")
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self._call_lock = threading.RLock()  # one collective call at a time on this rank
+        self._const = torch_constants(self.device)
+        from .kernels.sample import weights_torch  # (loaded by the shard's backend already)
+        self._weights = weights_torch
+        self._layout = self._row_layout()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def capacity(self) -> int:
+        """This shard's capacity."""
+        return self.local.capacity
+
+    @property
+    def spec(self):
+        return self.local.spec
+
+    @property
+    def alpha(self) -> float:
+        return self.local.alpha
+
+    @property
+    def eps(self) -> float:
+        return self.local.eps
+
+    @property
+    def normalize(self) -> str:
+        return self.local.normalize
+
+    @property
+    def strict(self) -> bool:
+        return self.local.sampler.strict
+
+    @property
+    def tree(self):
+        """This shard's ``SumTree``."""
+        return self.local.tree
+
+    def __len__(self) -> int:
+        """Rows stored in this rank's shard (local; ``global_len()`` for the union)."""
+        return len(self.local)
+
+    def __repr__(self) -> str:
+        return (f"ShardedPrioritizedReplayBuffer(rank={self.rank}, world_size={self.world_size}, "
+                f"capacity={self.capacity}, device={self.device})")
+
+    def owner_of(self, keys: torch.Tensor) -> torch.Tensor:
+        return owner_of(keys, self.world_size)
+
+    def local_keys_of(self, keys: torch.Tensor) -> torch.Tensor:
+        return local_keys_of(keys, self.world_size)
+
+    def _global_keys(self, local: torch.Tensor | None) -> torch.Tensor | None:
+        return None if local is None else local * self.world_size + self.rank
+
+    # ------------------------------------------------------------------ local
+    def add(self, batch, valid=None) -> torch.Tensor:
+        """Store this rank's rows in its shard (local: no communication); returns their
+        global keys. See ``PrioritizedReplayBuffer.add``."""
+        return self._global_keys(self.local.add(batch, valid))
+
+    def step(self, obs, action, reward, next_obs, terminated, truncated, **kwargs) -> torch.Tensor | None:
+        """This rank's envs through the shard's n-step windows (local); returns global keys or
+        None. See ``PrioritizedReplayBuffer.step``."""
+        return self._global_keys(self.local.step(obs, action, reward, next_obs, terminated, truncated, **kwargs))
+
+    def flush(self) -> torch.Tensor | None:
+        return self._global_keys(self.local.flush())
+
+    def stats(self) -> dict:
+        """This shard's counters and running maxima (``global_stats()`` for the union)."""
+        return self.local.stats()
+
+    def check(self) -> float:
+        """This shard's tree against a float64 recomputation (0.0 expected)."""
+        return self.local.check()
+
+    def clear(self) -> None:
+        """Empty this rank's shard. Call it on every rank (the shards' running maxima go back
+        to 1.0 together). Keys handed out before are stale for good."""
+        with self._call_lock:
+            self.local.clear()
+
+    # ------------------------------------------------------------------ collective reads
+    def global_len(self) -> int:
+        """Rows stored over all shards (collective)."""
+        with self._call_lock:
+            t = torch.tensor([len(self.local)], dtype=torch.int64, device=self.comm_device)
+            return int(_all_gather(t, self.world_size, self.group).sum())
+
+    def global_stats(self) -> dict:
+        """Union counters (collective): {"sanitized", "stale_dropped", "rows"} summed over the
+        shards, "rows_per_rank", and the running maxima (equal on every shard)."""
+        with self._call_lock:
+            s = self.local.stats()
+            t = torch.tensor([s["sanitized"], s["stale_dropped"], len(self.local)], dtype=torch.int64,
+                             device=self.comm_device)
+            got = _all_gather(t, self.world_size, self.group).tolist()
+        return {"sanitized": sum(g[0] for g in got), "stale_dropped": sum(g[1] for g in got),
+                "rows": sum(g[2] for g in got), "rows_per_rank": [g[2] for g in got],
+                "max_raw_priority": s["max_raw_priority"], "max_priority": s["max_priority"]}
+
+    # ------------------------------------------------------------------ sampling
+    def _row_layout(self):
+        """(field, offset, nbytes, dtype, shape) of each field in a packed row, and its size."""
+        out, off = [], _HEADER
+        for name, (shape, dt) in self.spec.items():
+            nb = dt.itemsize
+            for s in shape:
+                nb *= s
+            out.append((name, off, nb, dt, shape))
+            off += nb
+        return out, off
+
+    def sample(self, batch_size: int, beta=0.4, dst: int | None = None) -> Batch | None:
+        """Collective: draw rows with P(i) = p_i / sum of p over every shard (stratified over
+        the union; see the module docstring). ``dst=None``: every rank gets its own
+        ``batch_size`` rows (independent batches); ``dst=j``: rank j gets them, the others
+        None. Returns a ``Batch`` (global ``keys``, float32 ``weights``, float64
+        ``priorities``, the fields) on this rank's device. ``beta``: as for
+        ``PrioritizedReplayBuffer.sample`` (per rank; only the receiving ranks use it).
+        ``batch_size`` and ``dst`` must be the same on every rank. Every shard empty:
+        ValueError on every rank; every row of every shard invalid (priority 0): ValueError.
+        """
+        with self._call_lock:
+            W, rank = self.world_size, self.rank
+            err = None
+            B, d = 0, -1
+            try:
+                B = check_int(batch_size, "batch_size", 1, 2 ** 31 - 1)
+                if dst is not None:
+                    d = check_int(dst, "dst", 0, W - 1)
+                beta = check_beta(beta, self.device)
+            except _INPUT_ERRORS as e:
+                err, B, d = e, 0, -1
+            tree = self.local.tree
+            with self.local._lock:  # the shard stays as gathered until its rows are gathered
+                c = self.local.sampler.counter.t
+                live = (c[0] - c[1]).clamp_max(self.capacity).to(torch.float64)
+                head = torch.tensor([float(err is not None), float(B), float(d)], dtype=torch.float64)
+                vec = torch.cat([head.to(self.device), torch.stack([tree.total(), tree.min(), live])])
+                got = _all_gather(vec.to(self.comm_device), W, self.group).tolist()  # a sync on CUDA
+                _refused("sample", [g[0] for g in got], rank, err)
+                if len({(g[1], g[2]) for g in got}) != 1:
+                    raise ValueError(f"sample: expected the same batch_size and dst on every rank, got "
+                                     f"batch_size {[int(g[1]) for g in got]}, dst "
+                                     f"{[None if g[2] < 0 else int(g[2]) for g in got]}")
+                totals = [g[3] for g in got]
+                if sum(g[5] for g in got) == 0:
+                    raise ValueError("sample: expected a buffer with rows, got an empty one (every shard is "
+                                     "empty); add rows first")
+                prefix, s = [], 0.0
+                for t in totals:  # left to right: the same doubles on every rank
+                    s += t
+                    prefix.append(s)
+                if not prefix[-1] > 0:
+                    raise ValueError("sample: expected rows with a priority above 0, got only rows of priority 0 "
+                                     "(added with valid=False) on every shard; nothing to sample")
+                nq = W if d < 0 else 1  # requesters: every rank, or dst alone
+                owner, mass = self._draw(B, nq, prefix)
+                q = torch.arange(nq).repeat_interleave(B)
+                counts = torch.bincount(owner * nq + q, minlength=W * nq).view(W, nq).tolist()
+                mine = (owner == rank).nonzero().squeeze(1)  # ordered by requester, then draw
+                packed = self._answer(mass.index_select(0, mine))
+            if d < 0:
+                send, recv = counts[rank], [counts[o][rank] for o in range(W)]
+                own = owner[rank * B:(rank + 1) * B]
+            else:
+                send = [counts[rank][0] if j == d else 0 for j in range(W)]
+                recv = [counts[o][0] if rank == d else 0 for o in range(W)]
+                own = owner if rank == d else None
+            out = torch.empty(sum(recv), self._layout[1], dtype=torch.uint8, device=self.comm_device)
+            dist.all_to_all_single(out, packed, output_split_sizes=recv, input_split_sizes=send, group=self.group)
+            if own is None:
+                return None
+            norm = min(g[4] for g in got)  # the union's min priority (global normalization)
+            return self._unpack(out, own, beta, norm)
+
+    def _draw(self, B: int, nq: int, prefix: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(owner shard, mass inside that shard) of the nq * B draws: the top level of the
+        union's descent, as ``kernels/sample.py`` descends a level (on the CPU, identically on
+        every rank)."""
+        r = torch.rand(nq * B, generator=self.generator, dtype=torch.float64)
+        i = torch.arange(B, dtype=torch.float64).repeat(nq)
+        u = (i + r) * prefix[-1] / B
+        T = torch.tensor(prefix[-1], dtype=torch.float64)
+        below = (T.view(torch.int64) - 1).view(torch.float64)  # the next float down from T
+        u = torch.where(below < u, below, u)
+        csum = torch.tensor(prefix, dtype=torch.float64)
+        le = csum.unsqueeze(0) <= u.unsqueeze(1)
+        mass = u - torch.where(le, csum, 0.0).amax(1)
+        owner = le.sum(1).clamp_max(len(prefix) - 1)
+        return owner, mass
+
+    def _answer(self, mass: torch.Tensor) -> torch.Tensor:
+        """This shard's answers to the draws it owns, packed one uint8 row per draw: key
+        (global), priority, then every field's bytes."""
+        layout, width = self._layout
+        n = mass.shape[0]
+        if n == 0:
+            return torch.empty(0, width, dtype=torch.uint8, device=self.comm_device)
+        s = self.local.tree.find(mass.to(self.device))
+        rows = self.local.storage.gather(s.slots)
+        keys = self._global_keys(s.keys)
+        parts = [keys.view(torch.uint8).view(n, 8), s.priorities.view(torch.uint8).view(n, 8)]
+        parts += [rows[name].reshape(n, nb // dt.itemsize).view(torch.uint8) for name, _off, nb, dt, _shape in layout]
+        return torch.cat(parts, 1).to(self.comm_device)
+
+    def _unpack(self, out: torch.Tensor, own: torch.Tensor, beta, norm: float) -> Batch:
+        """The B received rows back in draw order (they arrive grouped by owner, each group in
+        draw order), split into fields; IS weights from the priorities."""
+        B = own.shape[0]
+        order = torch.sort(own, stable=True).indices
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(B)
+        inv = inv.to(out.device)
+
+        def col(off: int, nb: int) -> torch.Tensor:
+            return out[:, off:off + nb].index_select(0, inv).to(self.device)
+
+        keys = col(0, 8).view(torch.int64).view(B)
+        prio = col(8, 8).view(torch.float64).view(B)
+        fields = {name: col(off, nb).view(dt).view(B, *shape) for name, off, nb, dt, shape in self._layout[0]}
+        if self.normalize == "batch":
+            norm = torch.where(prio > 0, prio, float("inf")).amin()
+        else:
+            norm = torch.tensor(norm, dtype=torch.float64, device=self.device)
+        weights = self._weights(prio, norm, beta, self._const)
+        return Batch(fields, keys, weights, prio)
+
+    # ------------------------------------------------------------------ updates
+    def update_priorities(self, keys=None, td_errors=None) -> None:
+        """Collective: p = clamp((|d| + eps) ** alpha, ...) for each key's row, applied by the
+        key's owner (every rule of ``PrioritizedReplayBuffer.update_priorities`` per shard;
+        duplicates over ranks: the last write in (source rank, position) order wins). A rank
+        with nothing to update calls it with no keys (``None`` or empty)."""
+        with self._call_lock:
+            W, rank = self.world_size, self.rank
+            err = None
+            k = torch.empty(0, dtype=torch.int64, device=self.device)
+            td = torch.empty(0, dtype=torch.float64, device=self.device)
+            try:
+                if not self._no_keys(keys, td_errors):
+                    k, td = check_keys(keys, td_errors, self.device)
+                    if self.strict and not bool(torch.isfinite(td).all()):
+                        raise ValueError("td_errors: expected finite TD errors (strict=True), got NaN or inf; "
+                                         "nothing was updated")
+            except _INPUT_ERRORS as e:
+                err = e
+                k = torch.empty(0, dtype=torch.int64, device=self.device)
+            owner = torch.remainder(k, W)
+            counts = torch.bincount(owner, minlength=W)
+            head = torch.tensor([int(err is not None)], dtype=torch.int64, device=self.device)
+            M = _all_gather(torch.cat([head, counts]).to(self.comm_device), W, self.group).tolist()
+            _refused("update_priorities", [m[0] for m in M], rank, err)
+            if not any(any(m[1:]) for m in M):
+                return
+            order = torch.sort(owner, stable=True).indices
+            local = torch.div(k, W, rounding_mode="floor")
+            pairs = torch.stack([local, td.to(torch.float64).view(torch.int64)], 1).index_select(0, order)
+            recv = [M[s][1 + rank] for s in range(W)]
+            out = torch.empty(sum(recv), 2, dtype=torch.int64, device=self.comm_device)
+            dist.all_to_all_single(out, pairs.to(self.comm_device), output_split_sizes=recv,
+                                   input_split_sizes=M[rank][1:], group=self.group)
+            with self.local._lock:
+                if out.shape[0]:
+                    out = out.to(self.device)
+                    self.local.sampler.update(out[:, 0].contiguous(), out[:, 1].contiguous().view(torch.float64))
+                self._sync_maxima()
+
+    @staticmethod
+    def _no_keys(keys, td_errors) -> bool:
+        """No keys from this rank: both None, or both empty."""
+        if keys is None and td_errors is None:
+            return True
+        if keys is None or td_errors is None:
+            raise ValueError(f"keys, td_errors: expected both or neither, got "
+                             f"{'keys' if keys is not None else 'td_errors'} alone")
+        k = as_tensor(keys, "keys", lists=True)
+        t = as_tensor(td_errors, "td_errors", lists=True)
+        if tuple(k.shape) == (0,):
+            if k.dtype != torch.int64 and not isinstance(keys, (list, tuple)):
+                raise TypeError(f"keys: expected dtype torch.int64 (the keys sample() returned), got {k.dtype}")
+            if t.numel() != 0 or tuple(t.shape) not in ((0,), (0, 1)):
+                raise ValueError(f"td_errors: expected shape [0] (one per key), got {tuple(t.shape)}")
+            return True
+        return False
+
+    def _sync_maxima(self) -> None:
+        """Every shard's running maxima := the union's (an all_reduce MAX; p is monotone in the
+        raw value, so both entries stay a consistent pair)."""
+        maxes = self.local.tree.state.maxes
+        m = maxes.to(self.comm_device, copy=True)
+        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=self.group)
+        maxes.copy_(m)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _path(self, path) -> str:
+        path = os.fspath(path)
+        return path.format(rank=self.rank, world_size=self.world_size) if "{" in path else path
+
+    def save(self, path) -> None:
+        """Collective: each rank writes its shard to ``path`` (``{rank}``/``{world_size}``
+        filled in), atomically (see ``PrioritizedReplayBuffer.save``), with its rank, the
+        world size, the shared generator and a token common to this save's files. Raises on
+        every rank if any rank's write failed."""
+        with self._call_lock:
+            W = self.world_size
+            salt = torch.tensor([int.from_bytes(os.urandom(7), "little")], dtype=torch.int64, device=self.comm_device)
+            token = _digest(_all_gather(salt, W, self.group).tolist())
+            err = None
+            with self.local._lock:
+                try:
+                    ckpt.save_atomic({"format": DIST_FORMAT, "version": DIST_VERSION, "rank": self.rank,
+                                      "world_size": W, "token": token, "generator": self.generator.get_state(),
+                                      "buffer": self.local.state_dict()}, self._path(path))
+                except (OSError, ValueError) as e:
+                    err = e
+            ok = _all_gather(torch.tensor([int(err is not None)], dtype=torch.int64, device=self.comm_device),
+                             W, self.group).flatten().tolist()
+            if err is not None:
+                raise err
+            if any(ok):
+                raise ValueError(f"save: expected every rank to write its file, got a failure on rank(s) "
+                                 f"{[r for r, s in enumerate(ok) if s]}")
+
+    def load(self, path) -> None:
+        """Collective: each rank reads its file (``path`` as for ``save``) and checks it
+        fully; then every rank restores its shard and the shared generator, or, if any rank
+        refused its file (another rank's, another world size's, another save's, corrupt, or
+        any mismatch ``PrioritizedReplayBuffer.load`` refuses), every rank raises ValueError
+        and nothing changes anywhere."""
+        with self._call_lock, self.local._lock:
+            W = self.world_size
+            err, commit, gen, token = None, None, None, 0
+            try:
+                sd = ckpt.load_checked(self._path(path))
+                r = StateReader(sd, "load")
+                r.check(r.sd.get("format") == DIST_FORMAT, "format", repr(DIST_FORMAT), repr(r.sd.get("format")))
+                r.same("version", DIST_VERSION)
+                r.check(r.get("world_size") == W, "world_size", f"{W} (this group's)",
+                        f"{r.get('world_size')!r} (a file from another world size)")
+                r.check(r.get("rank") == self.rank, "rank", f"{self.rank} (this rank's file)",
+                        f"{r.get('rank')!r} (another rank's file)")
+                token = r.get("token")
+                r.check(isinstance(token, int) and not isinstance(token, bool), "token", "an int", repr(token))
+                gen = r.get("generator")
+                try:
+                    torch.Generator().set_state(gen)
+                except Exception as e:  # noqa: BLE001
+                    raise ValueError(f"load.generator: expected a CPU generator state, got one that does not load "
+                                     f"({type(e).__name__})") from e
+                commit = self.local._prepare_load_state_dict(r.get("buffer"))
+            except _INPUT_ERRORS as e:
+                err = e
+            got = _all_gather(torch.tensor([int(err is not None), token if err is None else 0], dtype=torch.int64,
+                                           device=self.comm_device), W, self.group).tolist()
+            _refused("load", [g[0] for g in got], self.rank, err)
+            if len({g[1] for g in got}) != 1:
+                raise ValueError(f"load: expected the files of one save on every rank (one token), got tokens "
+                                 f"{[g[1] for g in got]} (files from different saves); nothing changed")
+            commit()
+            self.generator.set_state(gen)
+
