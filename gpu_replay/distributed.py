@@ -119,7 +119,7 @@ from .buffers import Batch, PrioritizedReplayBuffer
 from .kernels._math import torch_constants
 from .sumtree import DEFAULT_FANOUT, check_beta
 
-__all__ = ["ShardedPrioritizedReplayBuffer", "owner_of", "local_keys_of"]
+__all__ = ["ShardedPrioritizedReplayBuffer", "owner_of", "local_keys_of", "strata", "route"]
 
 DIST_FORMAT = "gpu_replay.distributed"
 DIST_VERSION = 1
@@ -135,6 +135,29 @@ def owner_of(keys: torch.Tensor, world_size: int) -> torch.Tensor:
 def local_keys_of(keys: torch.Tensor, world_size: int) -> torch.Tensor:
     """Each key as its owner's shard numbers it (``key // world_size``)."""
     return torch.div(keys, world_size, rounding_mode="floor")
+
+
+def strata(r: torch.Tensor, B: int, total: float) -> torch.Tensor:
+    """u = (i + r_i) * total / B for draw j = q * B + i (float64, as ``kernels/sample.py``)."""
+    i = torch.arange(B, dtype=torch.float64).repeat(r.shape[0] // B)
+    return (i + r) * total / B
+
+
+def route(u: torch.Tensor, prefix: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(owner shard, mass inside it) for prefix masses ``u`` over the shards, ``prefix`` the
+    left-to-right cumulative sums of the shard totals (the last one, T > 0, the union's
+    total): the top level of the union's descent, done as ``kernels/sample.py`` does a level.
+    u is clamped below T (to the next float down); the owner is #{s : S_s <= u} capped at
+    W - 1, i.e. the first shard with S_s > u (which has mass); the mass is u - S_{owner-1}.
+    Monotone: a larger u never gets a smaller owner."""
+    T = torch.tensor(prefix[-1], dtype=torch.float64)
+    below = (T.view(torch.int64) - 1).view(torch.float64)  # the next float down from T
+    u = torch.where(below < u, below, u)
+    csum = torch.tensor(prefix, dtype=torch.float64)
+    le = csum.unsqueeze(0) <= u.unsqueeze(1)
+    mass = u - torch.where(le, csum, 0.0).amax(1)
+    owner = le.sum(1).clamp_max(len(prefix) - 1)
+    return owner, mass
 
 
 def _all_gather(vec: torch.Tensor, world_size: int, group) -> torch.Tensor:
@@ -383,40 +406,25 @@ class ShardedPrioritizedReplayBuffer:
                     raise ValueError("sample: expected rows with a priority above 0, got only rows of priority 0 "
                                      "(added with valid=False) on every shard; nothing to sample")
                 nq = W if d < 0 else 1  # requesters: every rank, or dst alone
-                owner, mass = self._draw(B, nq, prefix)
+                r = torch.rand(nq * B, generator=self.generator, dtype=torch.float64)
+                owner, mass = route(strata(r, B, prefix[-1]), prefix)
                 q = torch.arange(nq).repeat_interleave(B)
                 counts = torch.bincount(owner * nq + q, minlength=W * nq).view(W, nq).tolist()
                 mine = (owner == rank).nonzero().squeeze(1)  # ordered by requester, then draw
                 packed = self._answer(mass.index_select(0, mine))
             if d < 0:
                 send, recv = counts[rank], [counts[o][rank] for o in range(W)]
-                own = owner[rank * B:(rank + 1) * B]
             else:
                 send = [counts[rank][0] if j == d else 0 for j in range(W)]
                 recv = [counts[o][0] if rank == d else 0 for o in range(W)]
-                own = owner if rank == d else None
             out = torch.empty(sum(recv), self._layout[1], dtype=torch.uint8, device=self.comm_device)
             dist.all_to_all_single(out, packed, output_split_sizes=recv, input_split_sizes=send, group=self.group)
-            if own is None:
+            if d >= 0 and rank != d:
                 return None
+            # The rows arrive grouped by owner, each group in draw order. u_i grows with i and the
+            # owner grows with u, so that is draw order: no permutation to undo.
             norm = min(g[4] for g in got)  # the union's min priority (global normalization)
-            return self._unpack(out, own, beta, norm)
-
-    def _draw(self, B: int, nq: int, prefix: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(owner shard, mass inside that shard) of the nq * B draws: the top level of the
-        union's descent, as ``kernels/sample.py`` descends a level (on the CPU, identically on
-        every rank)."""
-        r = torch.rand(nq * B, generator=self.generator, dtype=torch.float64)
-        i = torch.arange(B, dtype=torch.float64).repeat(nq)
-        u = (i + r) * prefix[-1] / B
-        T = torch.tensor(prefix[-1], dtype=torch.float64)
-        below = (T.view(torch.int64) - 1).view(torch.float64)  # the next float down from T
-        u = torch.where(below < u, below, u)
-        csum = torch.tensor(prefix, dtype=torch.float64)
-        le = csum.unsqueeze(0) <= u.unsqueeze(1)
-        mass = u - torch.where(le, csum, 0.0).amax(1)
-        owner = le.sum(1).clamp_max(len(prefix) - 1)
-        return owner, mass
+            return self._unpack(out, beta, norm)
 
     def _answer(self, mass: torch.Tensor) -> torch.Tensor:
         """This shard's answers to the draws it owns, packed one uint8 row per draw: key
@@ -432,17 +440,12 @@ class ShardedPrioritizedReplayBuffer:
         parts += [rows[name].reshape(n, nb // dt.itemsize).view(torch.uint8) for name, _off, nb, dt, _shape in layout]
         return torch.cat(parts, 1).to(self.comm_device)
 
-    def _unpack(self, out: torch.Tensor, own: torch.Tensor, beta, norm: float) -> Batch:
-        """The B received rows back in draw order (they arrive grouped by owner, each group in
-        draw order), split into fields; IS weights from the priorities."""
-        B = own.shape[0]
-        order = torch.sort(own, stable=True).indices
-        inv = torch.empty_like(order)
-        inv[order] = torch.arange(B)
-        inv = inv.to(out.device)
+    def _unpack(self, out: torch.Tensor, beta, norm: float) -> Batch:
+        """The B received rows (in draw order) split into fields; IS weights from the priorities."""
+        B = out.shape[0]
 
         def col(off: int, nb: int) -> torch.Tensor:
-            return out[:, off:off + nb].index_select(0, inv).to(self.device)
+            return out[:, off:off + nb].contiguous().to(self.device)
 
         keys = col(0, 8).view(torch.int64).view(B)
         prio = col(8, 8).view(torch.float64).view(B)

@@ -230,6 +230,51 @@ def test_every_ranks_draws_follow_p_over_the_union_sum(ws):
     assert chi_square_p(local, probs) < 1e-6
 
 
+@pytest.mark.parametrize("ws", [2, 3, 4])
+def test_route_is_the_top_level_of_one_tree_over_the_union(ws):
+    """``route`` + each shard's ``find`` == ``find`` on one tree over the union, bit for bit,
+    for random masses and the edges: every prefix boundary, the next float below and above
+    it, 0, and masses at or past the total (clamped: never an empty shard)."""
+    from gpu_replay.distributed import route
+    rng = np.random.default_rng(ws)
+    for trial in range(20):
+        shards = []
+        for r in range(ws):
+            t = SumTree(C, fanout=K, alpha=ALPHA, eps=EPS, backend="torch")
+            n = int(rng.integers(0, C + 1)) if trial % 3 else (0 if r % 2 else C)  # empty shards, gaps
+            if n:
+                p = np.exp(rng.normal(0, 4, n)) * np.where(rng.random(n) < 0.2, 0.0, 1.0)  # heavy tails, zeros
+                t.state.leaves[:n] = torch.from_numpy(p)
+                rebuild_torch(t.state)
+                t.counter.set(n, 0)
+            shards.append(t)
+        totals = [float(t.total()) for t in shards]
+        if sum(totals) == 0:
+            continue
+        tree = union_tree([t.leaves.tolist() for t in shards])
+        prefix = [sum(totals[:j + 1]) for j in range(ws)]  # left to right, as every rank does
+        T = prefix[-1]
+        edges = [0.0, T, np.nextafter(T, 0), np.nextafter(T, 2 * T), 2 * T]
+        for b in prefix:
+            edges += [b, np.nextafter(b, 0), np.nextafter(b, 2 * T)]
+        u = torch.tensor(list(rng.random(200) * T) + edges, dtype=torch.float64)
+        u = u.clamp_min(0.0)
+        owner, mass = route(u, prefix)
+        want = tree.find(u)
+        for o in range(ws):
+            sel = owner == o
+            if not bool(sel.any()):
+                continue
+            assert totals[o] > 0, "a draw routed to an empty shard"
+            got = shards[o].find(mass[sel])
+            assert (got.slots + o * C).tolist() == want.slots[sel].tolist()
+            assert got.priorities.tolist() == want.priorities[sel].tolist()
+        assert bool((want.priorities > 0).all())
+        srt = torch.sort(u).values
+        o2, _ = route(srt, prefix)
+        assert bool((o2[:-1] <= o2[1:]).all()), "owners must grow with u (rows arrive in draw order)"
+
+
 # ----------------------------------------------------------------------------- updates
 def _update_body(rank, ws):
     rb = make(rank, ws)
