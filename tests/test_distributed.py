@@ -46,9 +46,14 @@ def rows(n: int, rank: int, first: int, valid_from: int | None = None) -> dict:
             "action": torch.arange(first, first + n) * 10 + rank, "done": torch.arange(n) % 2 == 1}
 
 
-def make(rank, ws, **kw):
+def make(rank, ws, generic=False, **kw):
+    """A shard of capacity C, fanout K. ``generic``: take the device path (torch ops, the torch
+    power) that CUDA shards take, instead of the CPU's numpy/numba one."""
     from gpu_replay.distributed import ShardedPrioritizedReplayBuffer
-    return ShardedPrioritizedReplayBuffer(C, SPEC, seed=SEED, fanout=K, alpha=ALPHA, eps=EPS, **kw)
+    rb = ShardedPrioritizedReplayBuffer(C, SPEC, seed=SEED, fanout=K, alpha=ALPHA, eps=EPS, **kw)
+    if generic:
+        rb._host, rb._pow_nb = False, None
+    return rb
 
 
 def fill(rb, rank, ws, td_seed=0):
@@ -101,8 +106,8 @@ def check_rows_match_keys(out: dict, ws: int):
 
 
 # ----------------------------------------------------------------------------- exactness
-def _sample_body(rank, ws, B, normalize):
-    rb = make(rank, ws, normalize=normalize)
+def _sample_body(rank, ws, B, normalize, generic):
+    rb = make(rank, ws, generic, normalize=normalize)
     fill(rb, rank, ws)
     lv = leaves(rb)
     a = rb.sample(B, beta=0.5)  # every rank a learner
@@ -110,14 +115,14 @@ def _sample_body(rank, ws, B, normalize):
     return {"leaves": lv, "a": batch_out(a), "b": batch_out(b)}
 
 
-@pytest.mark.parametrize("ws", [2, 4])
+@pytest.mark.parametrize("ws,generic", [(2, False), (4, False), (2, True), (4, True)])
 @pytest.mark.parametrize("normalize", ["global", "batch"])
-def test_batches_are_bit_identical_to_one_tree_over_the_union(ws, normalize):
+def test_batches_are_bit_identical_to_one_tree_over_the_union(ws, normalize, generic):
     """Both modes draw exactly what one K-ary tree holding every shard's priorities draws
     from the same strata (slots, priorities and IS weights, bit for bit), never a row of an
     empty shard or an invalid row; rank q's batch in mode (a) takes strata values r[q*B:(q+1)*B] (its own draws)."""
     B = 24
-    res = run_distributed(_sample_body, ws, B, normalize)
+    res = run_distributed(_sample_body, ws, B, normalize, generic)
     tree = union_tree([r["leaves"] for r in res])
     g = torch.Generator().manual_seed(SEED)
     r_a = torch.rand(ws * B, generator=g, dtype=torch.float64)
@@ -257,27 +262,25 @@ def test_route_is_the_top_level_of_one_tree_over_the_union(ws):
         edges = [0.0, T, np.nextafter(T, 0), np.nextafter(T, 2 * T), 2 * T]
         for b in prefix:
             edges += [b, np.nextafter(b, 0), np.nextafter(b, 2 * T)]
-        u = torch.tensor(list(rng.random(200) * T) + edges, dtype=torch.float64)
-        u = u.clamp_min(0.0)
-        owner, mass = route(u, prefix)
-        want = tree.find(u)
+        u = np.array(list(rng.random(200) * T) + edges, dtype=np.float64)
+        owner, mass = route(u, np.array(prefix))
+        want = tree.find(torch.from_numpy(u))
         for o in range(ws):
             sel = owner == o
-            if not bool(sel.any()):
+            if not sel.any():
                 continue
             assert totals[o] > 0, "a draw routed to an empty shard"
-            got = shards[o].find(mass[sel])
-            assert (got.slots + o * C).tolist() == want.slots[sel].tolist()
-            assert got.priorities.tolist() == want.priorities[sel].tolist()
+            got = shards[o].find(torch.from_numpy(mass[sel]))
+            assert (got.slots + o * C).tolist() == want.slots[torch.from_numpy(sel)].tolist()
+            assert got.priorities.tolist() == want.priorities[torch.from_numpy(sel)].tolist()
         assert bool((want.priorities > 0).all())
-        srt = torch.sort(u).values
-        o2, _ = route(srt, prefix)
-        assert bool((o2[:-1] <= o2[1:]).all()), "owners must grow with u (rows arrive in draw order)"
+        o2, _ = route(np.sort(u), np.array(prefix))
+        assert (o2[:-1] <= o2[1:]).all(), "owners must grow with u (rows arrive in draw order)"
 
 
 # ----------------------------------------------------------------------------- updates
-def _update_body(rank, ws):
-    rb = make(rank, ws)
+def _update_body(rank, ws, generic=False):
+    rb = make(rank, ws, generic)
     keys = fill(rb, rank, ws)
     before = leaves(rb)
     stats0 = rb.stats()
@@ -331,9 +334,9 @@ def expected_after(res, ws):
     return out
 
 
-@pytest.mark.parametrize("ws", [2, 4])
-def test_updates_reach_their_owner_once_with_every_rule(ws):
-    res = run_distributed(_update_body, ws)
+@pytest.mark.parametrize("ws,generic", [(2, False), (4, False), (4, True)])
+def test_updates_reach_their_owner_once_with_every_rule(ws, generic):
+    res = run_distributed(_update_body, ws, generic)
     ref = expected_after(res, ws)
     total_drop = total_bad = 0
     for o, (rb, routed) in enumerate(ref):
