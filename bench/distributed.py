@@ -13,7 +13,9 @@ priorities) and times, per call, with perf_counter:
 - ``sharded``: every rank a learner: ``sample(B)`` over the union + ``update_priorities``
   (routed to the owners), and the two halves alone;
 - ``sharded_dst0``: one learner: ``sample(B, dst=0)`` + rank 0's update (the others pass none);
-- ``allgather``: one all_gather of 6 float64 (the latency floor of one collective);
+- ``one_gather``: the buffer's gather of 6 float64 (one ``all_to_all_single``: the latency
+  floor of one collective; a sample makes 2 collectives, an update 3), and
+  ``all_gather_ring``: the same with Gloo's ``all_gather`` (a ring: slower);
 - ``rows_packed`` / ``rows_per_field``: moving B rows of every field between the ranks with
   one ``all_to_all_single`` of packed uint8 rows, against one per field.
 
@@ -108,7 +110,8 @@ def worker_body(rank: int, ws: int, capacity: int, batch_sizes: list[int], iters
         res["sharded_dst0"] = timed(sharded_dst0_step, iters, warmup)
         vec = torch.zeros(6, dtype=torch.float64)
         gathered = torch.empty(6 * ws, dtype=torch.float64)
-        res["allgather"] = timed(lambda: dist.all_gather_single(gathered, vec), iters, warmup)
+        res["one_gather"] = timed(lambda: rb._gather(vec), iters, warmup)  # what the buffer uses (one all_to_all)
+        res["all_gather_ring"] = timed(lambda: dist.all_gather_single(gathered, vec), iters, warmup)
         # moving B rows between ranks (an even split): packed uint8 rows vs one collective per field
         n = B - B % ws
         rows = local.storage.gather(torch.arange(n))
@@ -210,7 +213,8 @@ def main() -> None:
                   f"{row['sharded_sample']['median_us_max_rank']:.1f} + update "
                   f"{row['sharded_update']['median_us_max_rank']:.1f})   one learner "
                   f"{row['sharded_dst0']['median_us_max_rank']:8.1f} µs (x{row['ratio_dst0_vs_local']:.2f})   "
-                  f"1 allgather {row['allgather']['median_us_max_rank']:.1f} µs   rows packed "
+                  f"1 gather {row['one_gather']['median_us_max_rank']:.1f} µs (ring all_gather "
+                  f"{row['all_gather_ring']['median_us_max_rank']:.1f})   rows packed "
                   f"{row['rows_packed']['median_us_max_rank']:.1f} vs per field "
                   f"{row['rows_per_field']['median_us_max_rank']:.1f} µs", flush=True)
     machine = f"cpu-{platform.machine()}-{os.cpu_count()}cores"

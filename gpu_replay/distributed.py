@@ -127,6 +127,7 @@ DIST_FORMAT = "gpu_replay.distributed"
 DIST_VERSION = 1
 _HEADER = 16  # bytes of a packed row before the fields: key (int64), priority (float64)
 _INPUT_ERRORS = (TypeError, ValueError)
+_PAD_MIN, _PAD_MAX = 64, 4096  # bounds of L, the (key, TD error) pairs per owner in an update's first exchange
 
 
 def owner_of(keys: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -257,6 +258,7 @@ class ShardedPrioritizedReplayBuffer:
             self.device if err is None else torch.device("cuda", torch.cuda.current_device())
         self._nccl = nccl
         self._bufs: dict = {}
+        self._pad = _PAD_MIN  # L of update_priorities' first exchange (the same on every rank)
         got = self._gather(torch.tensor([int(err is not None), 0 if cfg is None else _digest(cfg)],
                                        dtype=torch.int64, device=self.comm_device)).tolist()
         _refused("ShardedPrioritizedReplayBuffer", [g[0] for g in got], self.rank, err)
@@ -434,6 +436,7 @@ class ShardedPrioritizedReplayBuffer:
                     raise ValueError("sample: expected rows with a priority above 0, got only rows of priority 0 "
                                      "(added with valid=False) on every shard; nothing to sample")
                 nq = W if d < 0 else 1  # requesters: every rank, or dst alone
+                self._pad = min(max(B, _PAD_MIN), _PAD_MAX)  # (B is the same on every rank)
                 r = torch.rand(nq * B, generator=self.generator, dtype=torch.float64).numpy()
                 owner, mass = route(strata(r, B, acc), prefix)
                 q = np.repeat(np.arange(nq), B)
@@ -534,9 +537,16 @@ class ShardedPrioritizedReplayBuffer:
         """Collective: p = clamp((|d| + eps) ** alpha, ...) for each key's row, applied by the
         key's owner (every rule of ``PrioritizedReplayBuffer.update_priorities`` per shard;
         duplicates over ranks: the last write in (source rank, position) order wins). A rank
-        with nothing to update calls it with no keys (``None`` or empty)."""
+        with nothing to update calls it with no keys (``None`` or empty).
+
+        Two collectives: one ``all_to_all_single`` of fixed-size blocks (to each owner: a
+        header [flags, count] and up to L (key, TD error) pairs, L = the last sample's batch
+        size, clamped to [64, 4096], the same on every rank), then the running-max gather. A
+        rank that sends an owner more than L keys sets a flag in its headers, and every rank
+        then takes part in a second exchange of the rest (exact split sizes, from the
+        headers)."""
         with self._call_lock:
-            W, rank = self.world_size, self.rank
+            W, rank, L = self.world_size, self.rank, self._pad
             err = None
             k = torch.empty(0, dtype=torch.int64, device=self.device)
             td = torch.empty(0, dtype=torch.float64, device=self.device)
@@ -549,37 +559,86 @@ class ShardedPrioritizedReplayBuffer:
             except _INPUT_ERRORS as e:
                 err = e
                 k = torch.empty(0, dtype=torch.int64, device=self.device)
-            if self._host:  # numpy: the same operations, without torch's per-call cost
-                kn = k.numpy()
-                owner = np.remainder(kn, W)
-                head = np.concatenate([[int(err is not None)], np.bincount(owner, minlength=W)]).astype(np.int64)
-                M = self._gather(torch.from_numpy(head)).tolist()
-            else:
-                owner = torch.remainder(k, W)
-                head = torch.tensor([int(err is not None)], dtype=torch.int64, device=self.device)
-                M = self._gather(torch.cat([head, torch.bincount(owner, minlength=W)]).to(self.comm_device)).tolist()
-            _refused("update_priorities", [m[0] for m in M], rank, err)
-            if not any(any(m[1:]) for m in M):
-                return
-            if self._host:
-                order = np.argsort(owner, kind="stable")
-                pairs = np.empty((kn.shape[0], 2), dtype=np.int64)
-                pairs[:, 0] = np.floor_divide(kn, W)[order]
-                pairs[:, 1] = td.numpy().astype(np.float64).view(np.int64)[order]
-                pairs = torch.from_numpy(pairs)
-            else:
-                order = torch.sort(owner, stable=True).indices
-                local = torch.div(k, W, rounding_mode="floor")
-                pairs = torch.stack([local, td.to(torch.float64).view(torch.int64)], 1).index_select(0, order)
-            recv = [M[s][1 + rank] for s in range(W)]
-            out = torch.empty(sum(recv), 2, dtype=torch.int64, device=self.comm_device)
-            dist.all_to_all_single(out, pairs.to(self.comm_device), output_split_sizes=recv,
-                                   input_split_sizes=M[rank][1:], group=self.group)
+                td = torch.empty(0, dtype=torch.float64, device=self.device)
+            flags = int(err is not None) | (4 if k.shape[0] else 0)
+            blocks, rest = (self._blocks_host if self._host else self._blocks_device)(k, td, flags)
+            recv = self._recv_blocks()
+            dist.all_to_all_single(recv, blocks, group=self.group)
+            blk = recv.view(W, L + 1, 2)
+            heads = blk[:, 0].tolist()  # [flags, count for me] from each source (a sync on CUDA)
+            _refused("update_priorities", [h[0] & 1 for h in heads], rank, err)
+            if not any(h[0] & 4 for h in heads):
+                return  # no rank sent a key: nothing changes anywhere
+            counts = [h[1] for h in heads]
+            parts = [blk[s, 1:1 + min(c, L)] for s, c in enumerate(counts)]
+            if any(h[0] & 2 for h in heads):  # some rank sent some owner more than L keys
+                over = [max(c - L, 0) for c in counts]
+                out2 = torch.empty(sum(over), 2, dtype=torch.int64, device=self.comm_device)
+                send = rest()
+                dist.all_to_all_single(out2, send[0], output_split_sizes=over, input_split_sizes=send[1],
+                                       group=self.group)
+                at = 0
+                for s, c in enumerate(over):  # source s: its first L pairs, then the rest, in order
+                    parts[s] = torch.cat([parts[s], out2[at:at + c]])
+                    at += c
+            pairs = torch.cat(parts).to(self.device)
             with self.local._lock:
-                if out.shape[0]:
-                    out = out.to(self.device)
-                    self.local.sampler.update(out[:, 0].contiguous(), out[:, 1].contiguous().view(torch.float64))
+                if pairs.shape[0]:
+                    self.local.sampler.update(pairs[:, 0].contiguous(), pairs[:, 1].contiguous().view(torch.float64))
                 self._sync_maxima()
+
+    def _recv_blocks(self) -> torch.Tensor:
+        buf = self._bufs.get("blocks")
+        n = self.world_size * (self._pad + 1)
+        if buf is None or buf.shape[0] != n:
+            buf = self._bufs["blocks"] = torch.empty(n, 2, dtype=torch.int64, device=self.comm_device)
+        return buf
+
+    def _blocks_host(self, k: torch.Tensor, td: torch.Tensor, flags: int):
+        """The update's first exchange, built with numpy: [W * (L + 1), 2] int64 (per owner a
+        header [flags, count] and its first L (local key, TD-error bits) pairs in the caller's
+        order), and a function giving the rest (pairs past L per owner, owner-major; counts)."""
+        W, L = self.world_size, self._pad
+        kn = k.numpy()
+        n = kn.shape[0]
+        owner = np.remainder(kn, W)
+        counts = np.bincount(owner, minlength=W)
+        order = np.argsort(owner, kind="stable")
+        so = owner[order]
+        t = np.arange(n) - (np.cumsum(counts) - counts)[so]  # position among this owner's pairs
+        pairs = np.empty((n, 2), dtype=np.int64)
+        pairs[:, 0] = np.floor_divide(kn, W)[order]
+        pairs[:, 1] = td.numpy().astype(np.float64).view(np.int64)[order]
+        blocks = np.zeros((W, L + 1, 2), dtype=np.int64)
+        blocks[:, 0, 0] = flags | (2 if (counts > L).any() else 0)
+        blocks[:, 0, 1] = counts
+        fit = t < L
+        blocks[so[fit], 1 + t[fit]] = pairs[fit]
+        return torch.from_numpy(blocks.reshape(-1, 2)), \
+            lambda: (torch.from_numpy(pairs[~fit]), np.maximum(counts - L, 0).tolist())
+
+    def _blocks_device(self, k: torch.Tensor, td: torch.Tensor, flags: int):
+        """``_blocks_host`` with torch ops on the shard's device (no host sync: pairs past L
+        are parked in a row that is not sent)."""
+        W, L, dev = self.world_size, self._pad, self.device
+        n = k.shape[0]
+        owner = torch.remainder(k, W)
+        counts = torch.bincount(owner, minlength=W)
+        order = torch.sort(owner, stable=True).indices
+        so = owner.index_select(0, order)
+        t = torch.arange(n, device=dev) - (torch.cumsum(counts, 0) - counts).index_select(0, so)
+        pairs = torch.stack([torch.div(k, W, rounding_mode="floor"), td.to(torch.float64).view(torch.int64)], 1)
+        pairs = pairs.index_select(0, order)
+        blocks = torch.zeros(W, L + 2, 2, dtype=torch.int64, device=dev)
+        blocks[:, 0, 0] = (counts > L).any().to(torch.int64) * 2 + flags
+        blocks[:, 0, 1] = counts
+        fit = t < L
+        blocks.index_put_((so, torch.where(fit, 1 + t, L + 1)), pairs)
+        send = blocks[:, :L + 1].reshape(-1, 2).to(self.comm_device)
+
+        def rest():
+            return pairs[~fit].to(self.comm_device), (counts - L).clamp_min(0).tolist()
+        return send, rest
 
     @staticmethod
     def _no_keys(keys, td_errors) -> bool:

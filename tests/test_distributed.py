@@ -279,12 +279,12 @@ def test_route_is_the_top_level_of_one_tree_over_the_union(ws):
 
 
 # ----------------------------------------------------------------------------- updates
-def _update_body(rank, ws, generic=False):
+def _update_body(rank, ws, generic=False, big=False):
     rb = make(rank, ws, generic)
     keys = fill(rb, rank, ws)
     before = leaves(rb)
     stats0 = rb.stats()
-    plan = update_plan(ws)
+    plan = update_plan(ws, big)
     mine = plan[rank]
     rb.update_priorities(torch.tensor([k for k, _ in mine], dtype=torch.int64),
                          torch.tensor([d for _, d in mine], dtype=torch.float32))
@@ -295,10 +295,11 @@ def _update_body(rank, ws, generic=False):
             "new_leaf": rb.tree.leaves[int(new[0] // ws) % C].item(), "gstats": rb.global_stats()}
 
 
-def update_plan(ws):
+def update_plan(ws, big=False):
     """Per source rank, (global key, td) pairs: own and other ranks' keys, duplicates within
     a rank and across ranks, stale keys (overwritten in shard 0's ring), keys never handed
-    out, invalid rows, NaN and inf, negative TD errors."""
+    out, invalid rows, NaN and inf, negative TD errors. ``big``: also more pairs for one owner
+    than the first exchange carries (64 before any sample): the rest goes in a second one."""
     g = lambda owner, local: local * ws + owner  # noqa: E731
     last = ws - 1
     plan = {r: [] for r in range(ws)}
@@ -308,14 +309,17 @@ def update_plan(ws):
     if ws == 4:
         plan[2] += [(g(3, 4), 8.0), (g(2, 0), 1.0), (g(3, 10), 2.0), (g(3, 4), 5.0)]
         plan[3] += [(g(3, 4), 6.0)]  # a later source rank: wins over rank 2's writes of this key
+    if big:
+        plan[0] += [(g(1, i % 3), 0.01 * (i + 1)) for i in range(150)]
+        plan[last] += [(g(0, 5 + i % 32), 0.1 * (i + 1)) for i in range(100)]
     return plan
 
 
-def expected_after(res, ws):
+def expected_after(res, ws, big=False):
     """Each shard replayed locally: its keys' (local key, td) pairs in (source rank, position)
     order through one update of a plain PrioritizedReplayBuffer at the shard's state (the
     running max taken over the union first), plus the float64 formula for kept keys."""
-    plan = update_plan(ws)
+    plan = update_plan(ws, big)
     routed = {o: [(k // ws, d) for s in range(ws) for k, d in plan[s] if k % ws == o] for o in range(ws)}
     out = []
     for o in range(ws):
@@ -334,10 +338,11 @@ def expected_after(res, ws):
     return out
 
 
-@pytest.mark.parametrize("ws,generic", [(2, False), (4, False), (4, True)])
-def test_updates_reach_their_owner_once_with_every_rule(ws, generic):
-    res = run_distributed(_update_body, ws, generic)
-    ref = expected_after(res, ws)
+@pytest.mark.parametrize("ws,generic,big", [(2, False, False), (4, False, False), (4, True, False),
+                                            (2, False, True), (4, True, True)])
+def test_updates_reach_their_owner_once_with_every_rule(ws, generic, big):
+    res = run_distributed(_update_body, ws, generic, big)
+    ref = expected_after(res, ws, big)
     total_drop = total_bad = 0
     for o, (rb, routed) in enumerate(ref):
         got = res[o]
