@@ -19,8 +19,9 @@ priorities) and times, per call, with perf_counter:
 - ``rows_packed`` / ``rows_per_field``: moving B rows of every field between the ranks with
   one ``all_to_all_single`` of packed uint8 rows, against one per field.
 
-Medians over ``--iters`` calls per rank; the JSON keeps every rank's median and the max over
-ranks (collectives make every rank wait for the slowest). Writes a new file
+Medians over ``--iters`` calls per rank, the ops taking turns in 10 rounds (a shared machine's
+slow drifts hit them alike); the JSON keeps every rank's median and the max over ranks
+(collectives make every rank wait for the slowest). Writes a new file
 bench/results/distributed-gloo-<machine>-<date>[-n].json (never overwrites one).
 """
 from __future__ import annotations
@@ -58,18 +59,23 @@ def make_rows(n: int, g: torch.Generator) -> dict:
             "done": torch.rand(n, generator=g) < 0.01}
 
 
-def timed(fn, iters: int, warmup: int) -> float:
-    """Median µs of fn() on this rank (every rank calls it the same number of times)."""
-    for _ in range(warmup):
-        fn()
-    dist.barrier()
-    ts = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    dist.barrier()
-    return statistics.median(ts) * 1e6
+def timed_interleaved(ops: dict, iters: int, warmup: int, rounds: int = 10) -> dict:
+    """Median µs per call of each op, the ops taking turns in ``rounds`` rounds of
+    iters / rounds calls each (slow drifts of a shared machine hit every op alike). Every rank
+    runs the same sequence (the collective ops need it)."""
+    for fn in ops.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in ops}
+    per = max(1, iters // rounds)
+    for _ in range(rounds):
+        for name, fn in ops.items():
+            dist.barrier()
+            for _ in range(per):
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) * 1e6 for name, ts in times.items()}
 
 
 def worker_body(rank: int, ws: int, capacity: int, batch_sizes: list[int], iters: int, warmup: int) -> dict:
@@ -84,7 +90,6 @@ def worker_body(rank: int, ws: int, capacity: int, batch_sizes: list[int], iters
     local = rb.local
     for B in batch_sizes:
         td = torch.randn(B, generator=g).abs()
-        res = {}
 
         def local_step():
             s = local.sample(B, beta=0.4)
@@ -102,16 +107,8 @@ def worker_body(rank: int, ws: int, capacity: int, batch_sizes: list[int], iters
                 rb.update_priorities(s.keys, td)
 
         s_keys = rb.sample(B, beta=0.4).keys
-        res["local"] = timed(local_step, iters, warmup)
-        res["local_sample"] = timed(lambda: local.sample(B, beta=0.4), iters, warmup)
-        res["sharded"] = timed(sharded_step, iters, warmup)
-        res["sharded_sample"] = timed(lambda: rb.sample(B, beta=0.4), iters, warmup)
-        res["sharded_update"] = timed(lambda: rb.update_priorities(s_keys, td), iters, warmup)
-        res["sharded_dst0"] = timed(sharded_dst0_step, iters, warmup)
         vec = torch.zeros(6, dtype=torch.float64)
         gathered = torch.empty(6 * ws, dtype=torch.float64)
-        res["one_gather"] = timed(lambda: rb._gather(vec), iters, warmup)  # what the buffer uses (one all_to_all)
-        res["all_gather_ring"] = timed(lambda: dist.all_gather_single(gathered, vec), iters, warmup)
         # moving B rows between ranks (an even split): packed uint8 rows vs one collective per field
         n = B - B % ws
         rows = local.storage.gather(torch.arange(n))
@@ -119,9 +116,19 @@ def worker_body(rank: int, ws: int, capacity: int, batch_sizes: list[int], iters
         packed = torch.zeros(n, width, dtype=torch.uint8)
         packed_out = torch.empty_like(packed)
         per_field = [(torch.empty_like(t), t.contiguous()) for t in rows.values()]
-        res["rows_packed"] = timed(lambda: dist.all_to_all_single(packed_out, packed), iters, warmup)
-        res["rows_per_field"] = timed(lambda: [dist.all_to_all_single(o, i) for o, i in per_field], iters, warmup)
-        out[B] = res
+        ops = {
+            "local": local_step,
+            "local_sample": lambda: local.sample(B, beta=0.4),
+            "sharded": sharded_step,
+            "sharded_sample": lambda: rb.sample(B, beta=0.4),
+            "sharded_update": lambda: rb.update_priorities(s_keys, td),
+            "sharded_dst0": sharded_dst0_step,
+            "one_gather": lambda: rb._gather(vec),  # what the buffer uses (one all_to_all on Gloo)
+            "all_gather_ring": lambda: dist.all_gather_single(gathered, vec),
+            "rows_packed": lambda: dist.all_to_all_single(packed_out, packed),
+            "rows_per_field": lambda: [dist.all_to_all_single(o, i) for o, i in per_field],
+        }
+        out[B] = timed_interleaved(ops, iters, warmup)
     return out
 
 
