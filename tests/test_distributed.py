@@ -129,7 +129,8 @@ def test_batches_are_bit_identical_to_one_tree_over_the_union(ws, normalize, gen
     r_b = torch.rand(B, generator=g, dtype=torch.float64)
     for q in range(ws):
         got = res[q]["a"]
-        slots, _, prio, w = tree.ops.sample(tree.state, tree.scratch, tree.counter, r_a[q * B:(q + 1) * B], 0.5, normalize)
+        r_q = r_a[q * B:(q + 1) * B]
+        slots, _, prio, w = tree.ops.sample(tree.state, tree.scratch, tree.counter, r_q, 0.5, normalize)
         assert union_slots(got["keys"], ws) == slots.tolist(), f"rank {q}"
         assert got["prio"] == prio.tolist() and got["w"] == w.tolist(), f"rank {q}"
         assert all(p > 0 for p in got["prio"])
@@ -386,7 +387,9 @@ def test_cross_rank_duplicates_last_source_rank_wins():
 def _bad_body(rank, ws):
     rb = make(rank, ws)
     fill(rb, rank, ws)
-    snap = lambda: (leaves(rb), rb.tree.state.maxes.tolist(), rb.stats(), rb.generator.get_state().tolist())  # noqa: E731
+    def snap():
+        return leaves(rb), rb.tree.state.maxes.tolist(), rb.stats(), rb.generator.get_state().tolist()
+
     errors = []
 
     def attempt(fn):
@@ -558,7 +561,8 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     res2 = run_distributed(_refuse_body, 2, folder, "mixed")
     assert all("files from different saves" in r["err"] for r in res2)
     res4 = run_distributed(_refuse_body, 4, folder, "world")
-    assert res4[0]["err"].startswith("load.world_size: expected 4 (this group's), got 2 (a file from another world size)")
+    assert res4[0]["err"].startswith("load.world_size: expected 4 (this group's), got 2 "
+                                     "(a file from another world size)")
     assert res4[2]["err"].startswith("checkpoint ") and "cannot read it" in res4[2]["err"]
     for r in res + res2 + res4:
         assert r["unchanged"]
@@ -591,7 +595,8 @@ def _nstep_body(rank, ws):
     keys = []
     for t in range(3):
         k = rb.step(torch.full((E, 2), float(t)), torch.zeros(E, dtype=torch.int64), torch.ones(E),
-                    torch.full((E, 2), float(t + 1)), torch.zeros(E, dtype=torch.bool), torch.zeros(E, dtype=torch.bool))
+                    torch.full((E, 2), float(t + 1)), torch.zeros(E, dtype=torch.bool),
+                    torch.zeros(E, dtype=torch.bool))
         keys.append(None if k is None else k.tolist())
     s = rb.sample(4, dst=0)
     return {"keys": keys, "reward": None if s is None else s["reward"].tolist()}
