@@ -243,9 +243,10 @@ class ShardedPrioritizedReplayBuffer:
         self.group = group if group is not None else dist.group.WORLD
         self.rank = dist.get_rank(self.group)
         self.world_size = dist.get_world_size(self.group)
-        nccl = dist.get_backend(self.group) == "nccl"
+        backend_name = str(dist.get_backend(self.group))  # "gloo", "nccl", or e.g. "cpu:gloo,cuda:nccl"
+        has_nccl = "nccl" in backend_name
         if device is None:
-            device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+            device = torch.device("cuda", torch.cuda.current_device()) if has_nccl else torch.device("cpu")
         err = None
         cfg = None
         try:
@@ -254,7 +255,7 @@ class ShardedPrioritizedReplayBuffer:
                                                  backend=backend, fanout=fanout, normalize=normalize,
                                                  strict=strict, n_step=n_step, gamma=gamma, num_envs=num_envs,
                                                  autoreset_mode=autoreset_mode)
-            if nccl and self.local.device.type != "cuda":
+            if backend_name == "nccl" and self.local.device.type != "cuda":
                 raise ValueError(f"device: expected a CUDA device with the NCCL backend, got {self.local.device}")
             cfg = (ckpt.spec_to_state(self.local.spec), self.local.alpha, self.local.eps, normalize, bool(strict),
                    seed, n_step, float(gamma) if n_step is not None else None,
@@ -262,7 +263,8 @@ class ShardedPrioritizedReplayBuffer:
         except _INPUT_ERRORS as e:
             err = e
         self.device = self.local.device if err is None else None
-        # collectives run on the shard's device with NCCL, on the CPU with Gloo (and others)
+        # collectives run on the shard's CUDA device with NCCL, on the CPU otherwise (Gloo)
+        nccl = has_nccl and (self.device.type == "cuda" if err is None else backend_name == "nccl")
         self.comm_device = torch.device("cpu") if not nccl else \
             self.device if err is None else torch.device("cuda", torch.cuda.current_device())
         self._nccl = nccl

@@ -625,3 +625,19 @@ def test_needs_an_initialized_group():
     assert not dist.is_initialized()
     with pytest.raises(ValueError, match="expected an initialized torch.distributed process group"):
         ShardedPrioritizedReplayBuffer(C, SPEC)
+
+
+def _spawn_body(rank, ws):
+    rb = make(rank, ws, backend="torch")  # (the shards' pure-torch backend, for once)
+    fill(rb, rank, ws)
+    s = rb.sample(8, beta=0.4)
+    rb.update_priorities(s.keys, torch.ones(8))
+    return {"keys": s.keys.tolist(), "rows": rb.global_len()}
+
+
+def test_spawned_processes_work_too():
+    """torch.multiprocessing.spawn's way (fresh interpreters, as torchrun gives): ~10 s here,
+    as each rank imports torch and the compilers again; the same buffer."""
+    res = run_distributed(_spawn_body, 2, start_method="spawn", timeout_s=120)
+    assert [r["rows"] for r in res] == [sum(min(n, C) for n in FILLS[2])] * 2
+    assert all(len(r["keys"]) == 8 for r in res)
