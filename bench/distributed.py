@@ -203,6 +203,7 @@ def main() -> None:
     warm.sample(4)
     warm.tree.find(torch.tensor([0.5], dtype=torch.float64))
     t0 = time.perf_counter()
+    load_before = os.getloadavg()
     results = []
     for ws in args.world:
         print(f"world size {ws} ...", flush=True)
@@ -233,7 +234,9 @@ def main() -> None:
            "notes": "median µs per call on each rank (one torch thread per process, forked, one Gloo group); "
                     "the max over ranks is quoted. local = each rank samples/updates only its own shard; "
                     "sharded = sample(B) over the union on every rank + routed update_priorities; "
-                    "sharded_dst0 = one learner (rank 0). With more processes than cores the ranks share cores.",
+                    "sharded_dst0 = one learner (rank 0). With more processes than cores the ranks share cores. "
+                    "loadavg: the machine's load before/after (another job on the machine inflates the numbers).",
+           "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
            "results": results, "seconds": time.perf_counter() - t0}
     path = new_path(f"distributed-gloo-{machine}-{date}")
     with open(path, "w") as f:

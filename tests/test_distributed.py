@@ -641,3 +641,38 @@ def test_spawned_processes_work_too():
     res = run_distributed(_spawn_body, 2, start_method="spawn", timeout_s=120)
     assert [r["rows"] for r in res] == [sum(min(n, C) for n in FILLS[2])] * 2
     assert all(len(r["keys"]) == 8 for r in res)
+
+
+def _threads_body(rank, ws):
+    import threading
+    rb = make(rank, ws)
+    fill(rb, rank, ws)
+    stop = threading.Event()
+    added = []
+
+    def actor():  # this rank's actors keep adding while the learner samples and updates
+        i = 0
+        while not stop.is_set() and i < 400:
+            first = rb.local.sampler.counter.added()  # (the only thread adding: the next local key)
+            added.append(rb.add(rows(2, rank, first)).tolist())
+            i += 1
+
+    t = threading.Thread(target=actor)
+    t.start()
+    bad = 0
+    for _ in range(30):
+        s = rb.sample(8, beta=0.4)
+        bad += sum(1 for k, o in zip(s.keys.tolist(), s["obs"].tolist()) if o != [float(k % ws), float(k // ws)])
+        rb.update_priorities(s.keys, torch.rand(8))
+    stop.set()
+    t.join()
+    return {"bad": bad, "check": rb.check(), "added": len(added),
+            "keys_ok": all(k % ws == rank for ks in added for k in ks)}
+
+
+def test_actor_threads_add_while_the_learner_samples():
+    """Rows added by another thread during collective calls: every sampled row is its key's
+    row, the trees stay exact, and added keys belong to their rank."""
+    res = run_distributed(_threads_body, 2)
+    for r in res:
+        assert r["bad"] == 0 and r["check"] == 0.0 and r["keys_ok"] and r["added"] > 0
