@@ -14,8 +14,10 @@ priorities) and times, per call, with perf_counter:
   (routed to the owners), and the two halves alone;
 - ``sharded_dst0``: one learner: ``sample(B, dst=0)`` + rank 0's update (the others pass none);
 - ``one_gather``: the buffer's gather of 6 float64 (one ``all_to_all_single``: the latency
-  floor of one collective; a sample makes 2 collectives, an update 3), and
-  ``all_gather_ring``: the same with Gloo's ``all_gather`` (a ring: slower);
+  floor of one collective; a sample makes 2 collectives, an update 2), back to back;
+  ``compute300_then_gather``: 300 µs of compute on every rank, then the same gather (a
+  collective inside a pipeline: with as many busy processes as cores, Gloo's I/O threads
+  wait for a core); ``all_gather_ring``: the gather with Gloo's ``all_gather`` (a ring);
 - ``rows_packed`` / ``rows_per_field``: moving B rows of every field between the ranks with
   one ``all_to_all_single`` of packed uint8 rows, against one per field.
 
@@ -116,6 +118,11 @@ def worker_body(rank: int, ws: int, capacity: int, batch_sizes: list[int], iters
         packed = torch.zeros(n, width, dtype=torch.uint8)
         packed_out = torch.empty_like(packed)
         per_field = [(torch.empty_like(t), t.contiguous()) for t in rows.values()]
+        def busy(us: float = 300.0):
+            t = time.perf_counter()
+            while time.perf_counter() - t < us * 1e-6:
+                pass
+
         ops = {
             "local": local_step,
             "local_sample": lambda: local.sample(B, beta=0.4),
@@ -125,6 +132,7 @@ def worker_body(rank: int, ws: int, capacity: int, batch_sizes: list[int], iters
             "sharded_dst0": sharded_dst0_step,
             "one_gather": lambda: rb._gather(vec),  # what the buffer uses (one all_to_all on Gloo)
             "all_gather_ring": lambda: dist.all_gather_single(gathered, vec),
+            "compute300_then_gather": lambda: (busy(), rb._gather(vec)),  # a collective inside a pipeline
             "rows_packed": lambda: dist.all_to_all_single(packed_out, packed),
             "rows_per_field": lambda: [dist.all_to_all_single(o, i) for o, i in per_field],
         }

@@ -40,7 +40,7 @@ def _compile_in_parent():
     rb.sample(2)
 
 
-def rows(n: int, rank: int, first: int, valid_from: int | None = None) -> dict:
+def rows(n: int, rank: int, first: int) -> dict:
     """n rows whose obs say (owner rank, local key): a gathered row can be traced back."""
     return {"obs": torch.stack([torch.full((n,), float(rank)), torch.arange(first, first + n, dtype=torch.float32)], 1),
             "action": torch.arange(first, first + n) * 10 + rank, "done": torch.arange(n) % 2 == 1}
