@@ -291,6 +291,11 @@ class ReplayBuffer:
         """Restore ``state_dict()``/``load()`` output. Everything is checked first (config,
         every tensor's shape, dtype and values, the generator state): a mismatch raises
         ValueError and changes nothing."""
+        self._prepare_load_state_dict(sd)()
+
+    def _prepare_load_state_dict(self, sd):
+        """``load_state_dict``'s checks; returns the function that commits (call both under the
+        lock). Hook for ``gpu_replay.distributed``: every shard checks, then all commit or none."""
         r = StateReader(sd, "load_state_dict")
         r.check(r.sd.get("format") == "gpu_replay", "format", "'gpu_replay'", repr(r.sd.get("format")))
         r.same("version", ckpt.FORMAT_VERSION)
@@ -315,12 +320,15 @@ class ReplayBuffer:
         commit_nstep = self.nstep.prepare_load(nsd, r.sub("nstep")) if self.nstep is not None else None
         gen = self._check_generator(r.get("generator"))
         # everything checked: commit
-        if commit_nstep is not None:
-            commit_nstep()
-        commit_sampler()
-        self.storage.load_rows(rows, n)
-        if gen is not None:
-            self.generator.set_state(gen)
+
+        def commit():
+            if commit_nstep is not None:
+                commit_nstep()
+            commit_sampler()
+            self.storage.load_rows(rows, n)
+            if gen is not None:
+                self.generator.set_state(gen)
+        return commit
 
     def _check_generator(self, g):
         """The generator state to restore (None: nothing to restore), checked on a scratch
