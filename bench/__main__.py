@@ -67,7 +67,7 @@ def graph_cycle_us(capacity: int, B: int, device: str, spec_kind: str, repeats: 
     """gpu_replay's cycle on CUDA: eager and captured in a CUDA graph, CUDA events."""
     import numpy as np
 
-    from bench.core import timeit
+    from bench.core import capture_graph, timeit
     from bench.peers._core import CYCLE_ADD, fill_chunks, make_rows, spec
     from gpu_replay import PrioritizedReplayBuffer
 
@@ -86,15 +86,7 @@ def graph_cycle_us(capacity: int, B: int, device: str, spec_kind: str, repeats: 
         rb.update_priorities(s.keys, td * s.weights)
 
     eager = timeit(cycle, dev, repeats, warmup=10)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            cycle()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        cycle()
+    g, _ = capture_graph(cycle)
     graphed = timeit(g.replay, dev, repeats, warmup=10)
     ok = rb.tree.check() == 0.0
     return {"eager_us": eager, "graph_us": graphed, "tree_ok": ok}

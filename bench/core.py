@@ -51,6 +51,22 @@ def timeit(fn, device: torch.device, repeats: int, warmup: int = 5) -> float:
     return statistics.median(times)
 
 
+def capture_graph(fn, warmup: int = 3):
+    """``fn`` warmed up on a side stream (as torch requires before a capture), then captured in a
+    CUDA graph; returns (the graph, what the captured call returned). ``graph.replay()`` runs it
+    again, with the buffer's device-side state (keys, counters, priorities) moving on."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn()
+    return g, out
+
+
 def filled_buffer(capacity: int, device, backend: str, fanout: int) -> PrioritizedReplayBuffer:
     rb = PrioritizedReplayBuffer(capacity, SPEC, device=device, backend=backend, fanout=fanout,
                                  generator=torch.Generator(device=device).manual_seed(0))

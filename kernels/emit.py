@@ -203,7 +203,7 @@ if numba is not None:
 
 # ----------------------------------------------------------------------------- Triton
 if triton is not None:
-    from .rows import _copy_field
+    from .rows import _copy_field, _copy_fields
 
     @triton.jit
     def _record_kernel(s0, d0, w0, s1, d1, w1, s2, d2, w2, s3, d3, w3, s4, d4, w4, s5, d5, w5, s6, d6, w6,
@@ -216,21 +216,8 @@ if triton is not None:
         j = tl.program_id(1).to(tl.int64) * CHUNK + tl.arange(0, CHUNK).to(tl.int64)
         ok = e < E
         dst = e * n + w
-        _copy_field(s0, d0, e, dst, w0, j, ok)
-        if NF > 1:
-            _copy_field(s1, d1, e, dst, w1, j, ok)
-        if NF > 2:
-            _copy_field(s2, d2, e, dst, w2, j, ok)
-        if NF > 3:
-            _copy_field(s3, d3, e, dst, w3, j, ok)
-        if NF > 4:
-            _copy_field(s4, d4, e, dst, w4, j, ok)
-        if NF > 5:
-            _copy_field(s5, d5, e, dst, w5, j, ok)
-        if NF > 6:
-            _copy_field(s6, d6, e, dst, w6, j, ok)
-        if NF > 7:
-            _copy_field(s7, d7, e, dst, w7, j, ok)
+        _copy_fields(s0, d0, w0, s1, d1, w1, s2, d2, w2, s3, d3, w3, s4, d4, w4, s5, d5, w5, s6, d6, w6,
+                     s7, d7, w7, e, dst, j, ok, NF)
         f = ok & ((e * 0 + tl.program_id(1)) == 0)  # (a block mask: the interpreter wants one)
         tl.store(rew_win + dst, tl.load(rew_src + e, mask=f, other=0.0), mask=f)
         te = tl.load(term_src + e, mask=f, other=0)
@@ -275,20 +262,10 @@ if triton is not None:
         tl.store(out_disc + e, tl.load(gpow32 + k, mask=f, other=0.0), mask=f)
         tl.store(out_term + e, tl.load(term_win + last, mask=f, other=0), mask=f)
         tl.store(out_valid + e, tl.load(real_win + first, mask=f, other=0), mask=f)
+        # the fields from slot ``start``, next_obs (the eighth) from slot k - 1: two calls of the copy
+        _copy_fields(s0, d0, w0, s1, d1, w1, s2, d2, w2, s3, d3, w3, s4, d4, w4, s5, d5, w5, s6, d6, w6,
+                     s0, d0, w0, first, e, j, ok, NF)
         _copy_field(ns_, nd, last, e, nw, j, ok)
-        _copy_field(s0, d0, first, e, w0, j, ok)
-        if NF > 1:
-            _copy_field(s1, d1, first, e, w1, j, ok)
-        if NF > 2:
-            _copy_field(s2, d2, first, e, w2, j, ok)
-        if NF > 3:
-            _copy_field(s3, d3, first, e, w3, j, ok)
-        if NF > 4:
-            _copy_field(s4, d4, first, e, w4, j, ok)
-        if NF > 5:
-            _copy_field(s5, d5, first, e, w5, j, ok)
-        if NF > 6:
-            _copy_field(s6, d6, first, e, w6, j, ok)
 
     _emit_kernel = launched(_emit_kernel)
 

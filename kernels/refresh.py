@@ -57,12 +57,9 @@ def rebuild_torch(st) -> None:
 if triton is not None:
 
     @triton.jit
-    def _refresh_kernel(sums_ptr, mins_ptr, offs_ptr, slots_ptr, B, shift, level,
-                        K: tl.constexpr, LEAF_CHILDREN: tl.constexpr, BLOCK: tl.constexpr):
-        """One level: the parents (at ``level``) of B slots."""
-        pid = tl.program_id(0).to(tl.int64)
-        i = pid * BLOCK + tl.arange(0, BLOCK)
-        mask = i < B
+    def _nodes_tl(sums_ptr, mins_ptr, offs_ptr, slots_ptr, i, mask, shift, level, K: tl.constexpr,
+                  LEAF_CHILDREN: tl.constexpr, BLOCK: tl.constexpr):
+        """The parents at ``level`` of the slots i (a block): sum and min from their K children."""
         node = tl.load(slots_ptr + i, mask=mask, other=0) >> shift
         base = tl.load(offs_ptr + level + 1) + node * K
         acc = tl.zeros([BLOCK], dtype=tl.float64)
@@ -79,8 +76,15 @@ if triton is not None:
         tl.store(sums_ptr + out, acc, mask=mask)
         tl.store(mins_ptr + out, mn, mask=mask)
 
+    @triton.jit
+    def _refresh_kernel(sums_ptr, mins_ptr, offs_ptr, slots_ptr, B, shift, level,
+                        K: tl.constexpr, LEAF_CHILDREN: tl.constexpr, BLOCK: tl.constexpr):
+        """One level: the parents (at ``level``) of B slots."""
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        _nodes_tl(sums_ptr, mins_ptr, offs_ptr, slots_ptr, i, i < B, shift, level, K, LEAF_CHILDREN, BLOCK)
 
     _refresh_kernel = launched(_refresh_kernel)
+
     @triton.jit
     def refresh_levels_tl(sums_ptr, mins_ptr, offs_ptr, slots_ptr, B, log2k,
                           K: tl.constexpr, DEPTH: tl.constexpr, BLOCK: tl.constexpr):
@@ -89,27 +93,12 @@ if triton is not None:
         this saves a launch per level; above ``SINGLE_MAX`` keys one launch per level wins."""
         for d in tl.static_range(DEPTH):
             level = DEPTH - 1 - d
-            shift = log2k * (DEPTH - level)
             tl.debug_barrier()
             start = B * 0  # (a while loop: triton 3.6's interpreter cannot take range() of a run-time B)
             while start < B:
                 i = start + tl.arange(0, BLOCK).to(tl.int64)
-                mask = i < B
-                node = tl.load(slots_ptr + i, mask=mask, other=0) >> shift
-                base = tl.load(offs_ptr + level + 1) + node * K
-                acc = tl.zeros([BLOCK], dtype=tl.float64)
-                mn = tl.full([BLOCK], float("inf"), dtype=tl.float64)
-                for j in range(K):  # a run-time loop: compile time does not grow with K
-                    c = tl.load(sums_ptr + base + j, mask=mask, other=0.0)
-                    acc = acc + c
-                    if level + 1 == DEPTH:
-                        cm = tl.where(c > 0, c, float("inf"))
-                    else:
-                        cm = tl.load(mins_ptr + base + j, mask=mask, other=float("inf"))
-                    mn = tl.minimum(mn, cm)
-                out = tl.load(offs_ptr + level) + node
-                tl.store(sums_ptr + out, acc, mask=mask)
-                tl.store(mins_ptr + out, mn, mask=mask)
+                _nodes_tl(sums_ptr, mins_ptr, offs_ptr, slots_ptr, i, i < B, log2k * (DEPTH - level), level, K,
+                          level + 1 == DEPTH, BLOCK)
                 start += BLOCK
 
 

@@ -60,6 +60,26 @@ if triton is not None:
         tl.store(dst + dst_row[:, None] * W + j[None, :], v, mask=m)
 
     @triton.jit
+    def _copy_fields(s0, d0, w0, s1, d1, w1, s2, d2, w2, s3, d3, w3, s4, d4, w4, s5, d5, w5, s6, d6, w6,
+                     s7, d7, w7, src_row, dst_row, j, row_ok, NF: tl.constexpr):
+        """``_copy_field`` for the first NF of eight (src, dst, words) fields (one launch for all)."""
+        _copy_field(s0, d0, src_row, dst_row, w0, j, row_ok)
+        if NF > 1:
+            _copy_field(s1, d1, src_row, dst_row, w1, j, row_ok)
+        if NF > 2:
+            _copy_field(s2, d2, src_row, dst_row, w2, j, row_ok)
+        if NF > 3:
+            _copy_field(s3, d3, src_row, dst_row, w3, j, row_ok)
+        if NF > 4:
+            _copy_field(s4, d4, src_row, dst_row, w4, j, row_ok)
+        if NF > 5:
+            _copy_field(s5, d5, src_row, dst_row, w5, j, row_ok)
+        if NF > 6:
+            _copy_field(s6, d6, src_row, dst_row, w6, j, row_ok)
+        if NF > 7:
+            _copy_field(s7, d7, src_row, dst_row, w7, j, row_ok)
+
+    @triton.jit
     def _rows_kernel(s0, d0, w0, s1, d1, w1, s2, d2, w2, s3, d3, w3, s4, d4, w4, s5, d5, w5, s6, d6, w6,
                      s7, d7, w7, cnt_ptr, idx_ptr, aux_out, key_out, n, skip, C, mul, add,
                      NF: tl.constexpr, MODE: tl.constexpr, KEYS: tl.constexpr, ROWS: tl.constexpr,
@@ -92,21 +112,8 @@ if triton is not None:
             a1 = A - 1
             tl.store(aux_out + i, src, mask=first)
             tl.store(key_out + i, a1 - (a1 - src) % C, mask=first)
-        _copy_field(s0, d0, src, dst, w0, j, ok)
-        if NF > 1:
-            _copy_field(s1, d1, src, dst, w1, j, ok)
-        if NF > 2:
-            _copy_field(s2, d2, src, dst, w2, j, ok)
-        if NF > 3:
-            _copy_field(s3, d3, src, dst, w3, j, ok)
-        if NF > 4:
-            _copy_field(s4, d4, src, dst, w4, j, ok)
-        if NF > 5:
-            _copy_field(s5, d5, src, dst, w5, j, ok)
-        if NF > 6:
-            _copy_field(s6, d6, src, dst, w6, j, ok)
-        if NF > 7:
-            _copy_field(s7, d7, src, dst, w7, j, ok)
+        _copy_fields(s0, d0, w0, s1, d1, w1, s2, d2, w2, s3, d3, w3, s4, d4, w4, s5, d5, w5, s6, d6, w6,
+                     s7, d7, w7, src, dst, j, ok, NF)
 
     _rows_kernel = launched(_rows_kernel)
 

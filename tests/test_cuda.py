@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from bench.core import capture_graph
 from gpu_replay import PrioritizedReplayBuffer, ReplayBuffer
 
 pytestmark = pytest.mark.cuda
@@ -66,17 +67,11 @@ def test_one_cycle_captures_in_a_cuda_graph_and_replays():
         rb.update_priorities(s.keys, td * s.weights)
         return s
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            cycle()
-    torch.cuda.current_stream().wait_stream(side)
+    for _ in range(3):
+        cycle()
     torch.cuda.synchronize()
-    added0 = rb.sampler.counter.added()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        s = cycle()
+    added0 = rb.sampler.counter.added() + 3 * 128  # (the capture's own warm-up adds 3 times)
+    g, s = capture_graph(cycle)
     for _ in range(20):
         g.replay()
     torch.cuda.synchronize()
@@ -140,15 +135,7 @@ def test_large_update_captures_in_a_cuda_graph():
         s = rb.sample(4096, beta=0.4)
         rb.update_priorities(s.keys, td)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            cycle()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        cycle()
+    g, _ = capture_graph(cycle)
     for _ in range(5):
         g.replay()
     torch.cuda.synchronize()

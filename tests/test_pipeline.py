@@ -179,3 +179,28 @@ def test_numpy_fast_path_equals_the_checked_path(cls, mode):
         assert_equal(fast.storage.data[name], slow.storage.data[name], name)
     if cls is PrioritizedReplayBuffer:
         assert_equal(fast.tree.leaves, slow.tree.leaves, "priorities")
+
+
+@pytest.mark.parametrize("mode", ["next_step", "same_step", "disabled"])
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_nstep_backends_emit_the_same_rows(mode, n):
+    """numba (CPU), Triton (under the interpreter here) and the torch twins: bit-identical rows,
+    rewards included (each sums the return left to right in float64)."""
+    backends = ["torch"] + [b for b in ("numba", "triton") if kernels.available(b)
+                            and (b != "triton" or kernels.triton_runs_on_cpu())]
+    ns = [NStep(4, n, 0.9, spec=SPEC, autoreset_mode=mode, backend=b) for b in backends]
+    for t, tr in enumerate(stream(30, 4, seed=n)):
+        kw = {"final_obs": tr["next_obs"] * 7} if mode == "same_step" else {}
+        outs = [x.step(**tr, **kw) for x in ns]
+        assert all((o is None) == (outs[0] is None) for o in outs)
+        if outs[0] is None:
+            continue
+        for b, o in zip(backends[1:], outs[1:]):
+            assert_equal(o[1], outs[0][1], f"{b} valid")
+            for k in outs[0][0]:
+                assert_equal(o[0][k], outs[0][0][k], f"{b} step {t} {k}")
+    flushed = [x.flush() for x in ns]
+    assert all((o is None) == (n == 1) for o in flushed)  # (n = 1: nothing is ever pending)
+    for b, o in zip(backends[1:], flushed[1:] if n > 1 else []):
+        for k in flushed[0][0]:
+            assert_equal(o[0][k], flushed[0][0][k], f"{b} flush {k}")
