@@ -103,7 +103,7 @@ from ._checks import StateReader, as_device, check_field, check_int, normalize_s
 from .nstep import NStep
 from .storage import _NP_INT, _NP_OF, Storage, wide_rows
 
-__all__ = ["FrameStorage", "frames_per_env", "make_parts", "zero_keys", "bytes_per_transition"]
+__all__ = ["FrameStorage", "frames_per_env", "make_parts", "zero_keys"]
 
 E_SHIFT, P_SHIFT = 48, 8  # ref = e << 48 | q << 8 | d
 P_MASK, D_MASK = (1 << 40) - 1, (1 << 8) - 1
@@ -121,25 +121,6 @@ def frames_per_env(capacity: int, num_envs: int, stack: int, n: int) -> int:
     1/SLACK for the extra frame per episode of same-step / disabled autoreset."""
     per = -(-capacity // num_envs)
     return per + -(-per // SLACK) + n + stack + 1
-
-
-def bytes_per_transition(capacity: int, num_envs: int, stack: int, n: int, frame_bytes: int,
-                         row_bytes: int, fanout: int = 16, prioritized: bool = True) -> float:
-    """Device bytes per transition of a full frame buffer, from the layout (the sum tree's
-    levels counted as ``SumTree`` allocates them). ``row_bytes``: the stored fields of one row
-    (two int64 references, action, reward, discount, terminated, extras)."""
-    from .sumtree import TreeState
-    F = frames_per_env(capacity, num_envs, stack, n)
-    rows = num_envs * F
-    total = (rows + 2) * frame_bytes + (rows + 1) * 8 + capacity * row_bytes
-    counts = [capacity]
-    while counts[-1] > 1 or len(counts) == 1:
-        counts.append(-(-counts[-1] // fanout))
-    leaf_pad = fanout * counts[1]
-    internal = sum(fanout * c for c in counts[2:]) + 1
-    total += (internal + leaf_pad) * 8 + internal * 8  # sums (levels + leaves) and mins
-    del TreeState
-    return total / capacity
 
 
 def split_spec(spec, stack: int):
@@ -266,7 +247,7 @@ class FrameStorage:
         self._base = (ar * F).to(device)
         self._eref = (ar << E_SHIFT).to(device)
         self._lag = torch.arange(S - 1, -1, -1, dtype=torch.int64).to(device)  # lag of stack slot j
-        self._ar = {}
+        self._ar = {m: torch.arange(m, dtype=torch.int64, device=device) for m in (1, 2, S, S + 2)}
         self._ph = torch.zeros(E, dtype=torch.int64)  # a placeholder reference for NStep's checks
         self._npdt = _NP_OF.get(dtype)
         if self.host:
