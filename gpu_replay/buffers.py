@@ -77,6 +77,14 @@ class ReplayBuffer:
     (see ``gpu_replay.nstep``). The TD target is
     ``reward + discount * (1 - terminated) * max_a Q(next_obs, a)``.
 
+    Pixel observations, every frame stored once: with ``frame_stack=S`` (and ``n_step``,
+    ``num_envs``), ``spec["obs"]`` is ``((S, *frame), dtype)``, the stack on the leading axis
+    as gymnasium's ``FrameStackObservation`` gives it, and ``step()`` keeps each env's stream
+    of single frames once (true final observations included); rows hold references and
+    ``obs`` / ``next_obs`` stacks are rebuilt on the device when sampled: ~7.2 kB per 84x84x4
+    transition instead of ~56 kB. Such a buffer is fed by ``step()`` only; rows whose frames
+    have been overwritten are never sampled (see ``gpu_replay.frames``).
+
     Checkpoints: ``state_dict()`` / ``load_state_dict()`` hold the stored rows, the key
     counter, the sampler's tree, maxima and counters, the n-step windows and the state of a
     given ``generator``; ``save(path)`` writes them atomically (temporary file, fsync,

@@ -85,6 +85,25 @@ of this is checked (it would need a host sync); the stream is written as describ
 padding is learned on the device. Once a call has taken device inputs, the host has not seen
 the whole stream, and the content checks stay off until ``clear()``.
 
+Example (runnable)::
+
+    >>> import numpy as np, torch
+    >>> from gpu_replay import PrioritizedReplayBuffer
+    >>> spec = {"obs": ((4, 84, 84), torch.uint8), "action": ((), torch.int64)}
+    >>> rb = PrioritizedReplayBuffer(10_000, spec, n_step=3, num_envs=2, frame_stack=4)
+    >>> obs = np.repeat(np.zeros((2, 1, 84, 84), np.uint8), 4, axis=1)  # reset stacks
+    >>> for t in range(1, 6):                                            # as FrameStackObservation
+    ...     nxt = np.concatenate([obs[:, 1:], np.full((2, 1, 84, 84), t, np.uint8)], axis=1)
+    ...     keys = rb.step(obs, np.zeros(2, np.int64), np.ones(2), nxt, np.zeros(2, bool), np.zeros(2, bool))
+    ...     obs = nxt
+    >>> b = rb.sample(8)
+    >>> b["obs"].shape, b["next_obs"].shape
+    (torch.Size([8, 4, 84, 84]), torch.Size([8, 4, 84, 84]))
+    >>> bool((b["next_obs"][:, -1, 0, 0] == b["obs"][:, -1, 0, 0] + 3).all())  # n = 3 steps on
+    True
+    >>> rb.nbytes // rb.capacity  # device bytes per transition, everything included
+    7230
+
 Paths
 -----
 ``host`` (a CPU buffer): numpy writes and index math, one ``index_select`` for the gather.
@@ -195,6 +214,14 @@ def zero_keys(tree, keys) -> None:
     val = torch.where(anyl, 0.0, leaves.index_select(0, first))
     leaves.index_copy_(0, torch.where(live, slot, tgt), torch.where(live, 0.0, val))
     tree.ops.refresh(st, tree.scratch, slot)
+
+
+def _words(a8: np.ndarray) -> np.ndarray:
+    """Bytes [..., B] (contiguous last axis) as the widest unsigned words dividing B."""
+    for dt in (np.uint64, np.uint32, np.uint16):
+        if a8.shape[-1] % np.dtype(dt).itemsize == 0:
+            return a8.view(dt)
+    return a8
 
 
 def _np_raw(a, npdt) -> np.ndarray:
@@ -357,12 +384,13 @@ class FrameStorage:
     # ------------------------------------------------------------------ step
     def step(self, nstep: NStep, sampler, obs, action, reward, next_obs, terminated, truncated, info, final_obs,
              final_obs_mask, extra):
-        """Check everything, write this call's frames, invalidate the rows whose frames they
-        overwrite, and feed the n-step stage the references; returns what it emits."""
+        """Check the stacks, plan this call's frames and references, feed the n-step stage the
+        references (it checks the other fields first: a rejected call changes nothing), then
+        write the frames and invalidate the rows whose frames they overwrite. Returns what the
+        stage emits."""
         E, S = self.num_envs, self.stack
-        # every check first (metadata, then host contents): a rejected call changes nothing
-        _, _, _, _, term, trunc, _ = nstep._check(self._ph, action, reward, self._ph, terminated, truncated,
-                                                   None, None, None, extra)
+        term = nstep._check_flag("terminated", terminated)
+        trunc = nstep._check_flag("truncated", truncated)
         shape = (S, *self.frame_shape)
         o = self._check_stack(obs, "obs", shape)
         x = self._check_stack(next_obs, "next_obs", shape)
@@ -384,14 +412,16 @@ class FrameStorage:
             done = te | tr
             o8, x8 = _np_raw(o, self._npdt), _np_raw(x, self._npdt)
             f8 = _np_raw(dense, self._npdt) if dense is not None else (x8 if same else None)
-            plan = self._host_checks(o8, x8, f8, done, fresh)
-        # ----- everything checked: commit
+            pad = self._host_checks(o8, x8, f8, done, fresh)
         if self.host:
-            oref, nref = self._write_host(o8, x8, f8, done, fresh, sampler)
+            oref, nref, apply = self._plan_host(o8, x8, f8, done, fresh, sampler)
         else:
-            oref, nref = self._write_device(o, x, dense, te, tr, fresh, sampler)
+            oref, nref, apply = self._plan_device(o, x, dense, te, tr, fresh, sampler)
+        out = nstep._step(oref, action, reward, nref, terminated, truncated, None, None, None, extra)
+        # ----- everything checked and recorded: the frames
+        apply()
         if host_in:
-            self._commit_mirror(x8, done, plan)
+            self._commit_mirror(x8, done, pad)
         else:
             self._m_ok = False
         if self.host:  # the host path's padding state is the host's
@@ -399,7 +429,7 @@ class FrameStorage:
                 self._fr8[self.pad_row] = self._m_x
             self._pad_np[:] = self._m_pad
         self.fresh = False
-        return nstep._step(oref, action, reward, nref, terminated, truncated, None, None, None, extra)
+        return out
 
     def _side(self, orig, checked):
         """(is host data, a numpy array if so, else the device tensor)."""
@@ -434,18 +464,19 @@ class FrameStorage:
         if not self._m_ok:
             return None
         prev_done = self._m_prev_done
+        ow, xw = _words(o8), _words(x8)  # (compared as whole words: 8x fewer elements)
         if not fresh and self._m_prev is not None:
             cont = ~prev_done if mode == "disabled" else np.ones(E, dtype=bool)
-            bad = np.flatnonzero(cont & (o8 != self._m_prev).any(axis=(1, 2)))
+            bad = np.flatnonzero(cont & (ow != _words(self._m_prev)).any(axis=(1, 2)))
             if bad.size:
                 raise ValueError(f"step: obs: expected each env's obs to be the next_obs it gave at the previous step "
                                  f"(a frame buffer stores each frame once), got a different obs for env(s) "
                                  f"{bad.tolist()}; after env.reset() call flush() (or clear()) first")
         if S == 1:
             return self._m_pad, self._m_x
-        nt = x8 if mode != "same_step" else np.where(done[:, None, None], f8, x8)
+        nt = xw if mode != "same_step" or not done.any() else np.where(done[:, None, None], _words(f8), xw)
         chk = ~prev_done if mode == "next_step" else np.ones(E, dtype=bool)
-        bad = np.flatnonzero(chk & (nt[:, :-1] != o8[:, 1:]).any(axis=(1, 2)))
+        bad = np.flatnonzero(chk & (nt[:, :-1] != ow[:, 1:]).any(axis=(1, 2)))
         if bad.size:
             what = "final_obs" if mode == "same_step" and done[bad[0]] else "next_obs"
             raise ValueError(f"step: {what}: expected consecutive frame stacks to overlap ({what}[e][:-1] == "
@@ -458,6 +489,8 @@ class FrameStorage:
             who, R = np.flatnonzero(done), x8
         else:
             who, R = (np.flatnonzero(prev_done), o8) if not fresh else (np.zeros(0, dtype=np.int64), o8)
+        if not who.size:
+            return self._m_pad, self._m_x
         pad, xpad = list(self._m_pad), self._m_x
         for e in who:
             st = R[e]
@@ -486,42 +519,46 @@ class FrameStorage:
         self._m_pad, self._m_x = plan
 
     # ------------------------------------------------------------------ host path
-    def _write_host(self, o8, x8, f8, done, fresh, sampler):
+    def _plan_host(self, o8, x8, f8, done, fresh, sampler):
+        """(obs refs, next_obs refs, the function that writes the frames) on the host path."""
         E, S, F, mode = self.num_envs, self.stack, self.F, self.autoreset_mode
-        fr, pos, dlast, prev = self._fr8, self._pos_np, self._dlast_np, self._prev_np
-        base = self._base_np
-        a = pos.copy()
+        fr, pos, dlast, prev, base = self._fr8, self._pos_np, self._dlast_np, self._prev_np, self._base_np
         if fresh:  # the whole obs stack, as given
-            rows = base[:, None] + (pos[:, None] + np.arange(S)) % F
-            fr[rows.reshape(-1)] = o8.reshape(E * S, -1)
-            pos += S
-            dlast[:] = S - 1
-        elif mode == "disabled" and prev.any():  # new episodes: obs is the reset stack
-            m = np.flatnonzero(prev)
-            fr[base[m] + pos[m] % F] = o8[m, -1]
-            pos[m] += 1
-            dlast[m] = 0
-        oref = self._eref_np | ((pos - 1) << P_SHIFT) | dlast
-        d = np.minimum(dlast + 1, S - 1)
+            p0, dl0 = pos + S, np.full(E, S - 1, dtype=np.int64)
+        elif mode == "disabled":  # new episodes: obs is the reset stack
+            p0, dl0 = pos + prev, np.where(prev, 0, dlast)
+        else:
+            p0, dl0 = pos, dlast
+        oref = self._eref_np | ((p0 - 1) << P_SHIFT) | dl0
+        d = np.minimum(dl0 + 1, S - 1)
         if mode == "next_step":
             d[prev] = 0  # a reset step: next_obs is the new episode's first stack
-        src = x8[:, -1]
-        if mode == "same_step" and done.any():
-            src = np.where(done[:, None], f8[:, -1], src)  # the true final frame
-        fr[base + pos % F] = src
-        nref = self._eref_np | (pos << P_SHIFT) | d
-        pos += 1
-        dlast[:] = d
-        if mode == "same_step":
-            if done.any():  # then the new episode's first frame
-                m = np.flatnonzero(done)
-                fr[base[m] + pos[m] % F] = x8[m, -1]
-                pos[m] += 1
-                dlast[m] = 0
-        else:
-            prev[:] = done
-        self._sweep_host(a, pos, sampler)
-        return oref, nref
+        nref = self._eref_np | (p0 << P_SHIFT) | d
+
+        def apply():
+            a = pos.copy()
+            if fresh:
+                rows = base[:, None] + (pos[:, None] + np.arange(S)) % F
+                fr[rows.reshape(-1)] = o8.reshape(E * S, -1)
+            elif mode == "disabled" and prev.any():
+                m = np.flatnonzero(prev)
+                fr[base[m] + pos[m] % F] = o8[m, -1]
+            src = x8[:, -1]
+            if mode == "same_step" and done.any():
+                src = np.where(done[:, None], f8[:, -1], src)  # the true final frame
+            fr[base + p0 % F] = src
+            pos[:] = p0 + 1
+            dlast[:] = d
+            if mode == "same_step":
+                if done.any():  # then the new episode's first frame
+                    m = np.flatnonzero(done)
+                    fr[base[m] + pos[m] % F] = x8[m, -1]
+                    pos[m] += 1
+                    dlast[m] = 0
+            else:
+                prev[:] = done
+            self._sweep_host(a, pos, sampler)
+        return oref, nref, apply
 
     def _sweep_host(self, a, b, sampler) -> None:
         """Zero the rows whose obs is at a - F + S - 1 .. b - F + S - 2 of each env (see Validity)."""
@@ -538,8 +575,9 @@ class FrameStorage:
             zero_keys(_tree_of(sampler), keys)
 
     # ------------------------------------------------------------------ device path
-    def _write_device(self, o, x, dense, te, tr, fresh, sampler):
-        """The device path (inputs: numpy arrays, staged in one copy, or device tensors)."""
+    def _plan_device(self, o, x, dense, te, tr, fresh, sampler):
+        """The device path (inputs: numpy arrays, staged in one copy, or device tensors):
+        (obs refs, next_obs refs, the function that writes the frames), fixed-shape torch ops."""
         E, S, F, mode = self.num_envs, self.stack, self.F, self.autoreset_mode
         same = mode == "same_step"
         need_obs = fresh or mode == "disabled"
@@ -562,42 +600,44 @@ class FrameStorage:
         o_full = wide_rows(od, E * S).view(E, S, W) if od is not None else None
         done = te | tr
         fw, pos, dlast, prev, base = self._fw, self.pos, self.dlast, self.prev_done, self._base
-        a = pos.clone()
         if fresh:
-            rows = base[:, None] + torch.remainder(pos[:, None] + self._arange(S), F)
-            fw.index_copy_(0, rows.view(-1), o_full.reshape(E * S, W))
-            pos.add_(S)
-            dlast.fill_(S - 1)
+            p0, dl0 = pos + S, torch.full_like(dlast, S - 1)
         elif mode == "disabled":
-            fw.index_copy_(0, torch.where(prev, base + torch.remainder(pos, F), self.trash_row), o_full[:, -1])
-            pos.add_(prev)
-            dlast.masked_fill_(prev, 0)
-        oref = self._eref | ((pos - 1) << P_SHIFT) | dlast
-        d = (dlast + 1).clamp_max(S - 1)
+            p0, dl0 = pos + prev, dlast.masked_fill(prev, 0)
+        else:
+            p0, dl0 = pos, dlast
+        oref = self._eref | ((p0 - 1) << P_SHIFT) | dl0
+        d = (dl0 + 1).clamp_max(S - 1)
         if mode == "next_step":
             d = d.masked_fill(prev, 0)
-        src = x_last
-        if same:
-            src = torch.where(done[:, None], wide_rows(fl.contiguous(), E), x_last)
-        fw.index_copy_(0, base + torch.remainder(pos, F), src)
-        nref = self._eref | (pos << P_SHIFT) | d
-        pos.add_(1)
-        dlast.copy_(d)
-        if S > 1:  # the padding, learned from the episode-start stacks
-            if mode == "next_step":
-                self._learn_pad(x_full, prev)
-            elif same:
-                self._learn_pad(x_full, done)
-            elif not fresh:
-                self._learn_pad(o_full, prev)
-        if same:
-            fw.index_copy_(0, torch.where(done, base + torch.remainder(pos, F), self.trash_row), x_last)
-            pos.add_(done)
-            dlast.masked_fill_(done, 0)
-        else:
-            prev.copy_(done)
-        self._sweep_device(a, S + 2 if fresh else (2 if mode != "next_step" else 1), sampler)
-        return oref, nref
+        nref = self._eref | (p0 << P_SHIFT) | d
+
+        def apply():
+            a = pos.clone()
+            if fresh:
+                rows = base[:, None] + torch.remainder(pos[:, None] + self._arange(S), F)
+                fw.index_copy_(0, rows.view(-1), o_full.reshape(E * S, W))
+            elif mode == "disabled":
+                fw.index_copy_(0, torch.where(prev, base + torch.remainder(pos, F), self.trash_row), o_full[:, -1])
+            src = torch.where(done[:, None], wide_rows(fl.contiguous(), E), x_last) if same else x_last
+            fw.index_copy_(0, base + torch.remainder(p0, F), src)
+            if S > 1:  # the padding, learned from the episode-start stacks
+                if mode == "next_step":
+                    self._learn_pad(x_full, prev)
+                elif same:
+                    self._learn_pad(x_full, done)
+                elif not fresh:
+                    self._learn_pad(o_full, prev)
+            torch.add(p0, 1, out=pos)
+            dlast.copy_(d)
+            if same:
+                fw.index_copy_(0, torch.where(done, base + torch.remainder(pos, F), self.trash_row), x_last)
+                pos.add_(done)
+                dlast.masked_fill_(done, 0)
+            else:
+                prev.copy_(done)
+            self._sweep_device(a, S + 2 if fresh else (2 if mode != "next_step" else 1), sampler)
+        return oref, nref, apply
 
     def _learn_pad(self, R, m) -> None:
         """Device twin of the host's padding inference over the stacks R [E, S, W] of the envs

@@ -310,6 +310,34 @@ def test_checkpoint_round_trip(tmp_path):
     check_against(b, ref)
 
 
+def test_checkpoint_into_a_buffer_with_newer_keys(monkeypatch):
+    """A checkpoint loaded into a buffer that handed out more keys: keys shift by a multiple of
+    the capacity (never reused), the frames' key table with them; invalidation still exact."""
+    tight_ring(monkeypatch, 0.5)
+    E, n, S = 2, 3, 2
+    rng = np.random.default_rng(12)
+    sim = VecSim(E, S, "disabled", "reset", rng, 0.15, 0.05)
+    a = make(PrioritizedReplayBuffer, "disabled", n, S, E, capacity=30)
+    ref = Reference(E, n, "disabled")
+    run(a, ref, sim, 60, 0.0, rng)
+    sd = a.state_dict()
+    c = make(PrioritizedReplayBuffer, "disabled", n, S, E, capacity=30)
+    run(c, Reference(E, n, "disabled"), VecSim(E, S, "disabled", "reset", np.random.default_rng(1)), 200, 0.0, rng)
+    c.load_state_dict(sd)
+    shift = c.sampler.counter.read()[0] - a.sampler.counter.read()[0]
+    assert shift > 0 and shift % 30 == 0
+    for t in range(60):
+        obs, act, r, nxt, te, tr, info = sim.step()
+        ka = a.step(obs, act, r, nxt, te, tr, info=info)
+        kc = c.step(obs, act, r, nxt, te, tr, info=info)
+        ref.step(obs, nxt, te, tr, info)
+        assert (ka is None and kc is None) or torch.equal(kc, ka + shift)
+    check_against(a, ref)
+    assert torch.equal(tree_of(a).leaves, tree_of(c).leaves)
+    x, y = a.sample(16), c.sample(16)
+    assert torch.equal(x.keys + shift, y.keys) and torch.equal(x["obs"], y["obs"])
+
+
 def test_checkpoint_mismatches_are_refused_and_change_nothing(tmp_path):
     E, n, S = 2, 3, 4
     rng = np.random.default_rng(6)
@@ -364,6 +392,12 @@ def test_clear_starts_a_new_stream():
     ref.key = rb.sampler.counter.read()[0]  # keys go on from the next multiple of the capacity
     run(rb, ref, VecSim(E, S, "next_step", "zero", rng), 60, 0.0, rng)
     assert check_against(rb, ref, no_loss=True) > 0
+
+
+def test_docstring_example():
+    import doctest
+    res = doctest.testmod(frames_mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert res.failed == 0 and res.attempted > 0
 
 
 # --------------------------------------------------------------------------- memory
