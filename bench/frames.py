@@ -6,7 +6,8 @@ next-step autoreset, prioritized replay).
 
 Both buffers are ``PrioritizedReplayBuffer``s fed the same ``step()`` stream (the naive one
 stores obs and next_obs as full stacks; the other has ``frame_stack=4``), filled past their
-capacity, then timed alternately (A, B, A, B...: the noise of a shared machine hits both):
+capacity, then timed alternately (A, B, A, B...: the noise of a shared machine hits both), in
+``--rounds`` rounds (the JSON keeps each round's medians and their median):
 
 - ``sample(B)``: median per call (the same generator seed on both: the same rows are drawn,
   and their obs/next_obs are checked bit-identical);
@@ -125,7 +126,8 @@ def main():
     ap.add_argument("--capacity", type=float, default=1e5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--budget", type=float, default=3.0, help="seconds of timing per op")
+    ap.add_argument("--budget", type=float, default=3.0, help="seconds of timing per op and round")
+    ap.add_argument("--rounds", type=int, default=3, help="timing rounds (medians per round, then their median)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     C, B, dev = int(args.capacity), args.batch, args.device
@@ -135,31 +137,51 @@ def main():
     frames = PrioritizedReplayBuffer(C, spec, generator=torch.Generator(dev).manual_seed(0), frame_stack=S, **kw)
     print(f"frames bench: {device_name(dev)}, capacity {C}, B={B}, torch {torch.__version__}", flush=True)
 
-    # fill both with the same stream, past the capacity; time the steps on the way
+    # fill both with the same stream, past the capacity
     stream = Stream()
     calls = int(1.1 * C / E) + N
-    t_naive, t_frames = [], []
     t0 = time.perf_counter()
     for i in range(calls):
         kw_ = stream.step()
-        t_naive.append(timed(lambda: naive.step(**kw_), dev))
-        t_frames.append(timed(lambda: frames.step(**kw_), dev))
+        naive.step(**kw_)
+        frames.step(**kw_)
         if i % 2000 == 0:
             print(f"  fill {i}/{calls} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    warm = min(1000, calls // 2)
-    step = {"naive": statistics.median(t_naive[warm:]), "frames": statistics.median(t_frames[warm:])}
 
     # the same rows from both: check the rebuilt stacks bit for bit
     a, b = naive.sample(B), frames.sample(B)
     assert torch.equal(a.keys, b.keys), "the two buffers drew different rows"
     assert torch.equal(a["obs"], b["obs"]) and torch.equal(a["next_obs"], b["next_obs"]), "stacks differ"
 
-    s_naive, s_frames, reps = alternate(lambda: naive.sample(B), lambda: frames.sample(B), dev, args.budget)
     td = torch.rand(B, device=dev)
-    u_naive, u_frames, _ = alternate(lambda: naive.update_priorities(a.keys, td),
-                                     lambda: frames.update_priorities(b.keys, td), dev, args.budget / 3)
     rows = {k: v[:E].clone() for k, v in naive.sample(E).fields.items()}
-    add_naive = statistics.median(timed(lambda: naive.add(rows), dev) for _ in range(500))
+    rounds = []
+    for rnd in range(args.rounds):  # each round: every op, A/B alternated; medians per round
+        s_n, s_f, reps = alternate(lambda: naive.sample(B), lambda: frames.sample(B), dev, args.budget)
+        # step: both buffers see the same inputs, in the same order (the stream goes on)
+        st_n, st_f = [], []
+        end = time.perf_counter() + args.budget
+        k = 0
+        while k < 40 or time.perf_counter() < end:
+            kw_ = stream.step()
+            st_n.append(timed(lambda: naive.step(**kw_), dev))
+            st_f.append(timed(lambda: frames.step(**kw_), dev))
+            k += 1
+        u_n, u_f, _ = alternate(lambda: naive.update_priorities(a.keys, td),
+                                lambda: frames.update_priorities(b.keys, td), dev, args.budget / 3)
+        add_n = statistics.median(timed(lambda: naive.add(rows), dev) for _ in range(300))
+        r = {"sample": {"naive": s_n, "frames": s_f, "ratio": s_f / s_n, "reps": reps},
+             "step": {"naive": statistics.median(st_n), "frames": statistics.median(st_f), "reps": k},
+             "update": {"naive": u_n, "frames": u_f}, "add_8_rows": {"naive": add_n, "frames": None}}
+        r["step"]["ratio"] = r["step"]["frames"] / r["step"]["naive"]
+        rounds.append(r)
+        print(f"  round {rnd}: sample {s_n:.0f} / {s_f:.0f} us (x{s_f / s_n:.2f}), step {r['step']['naive']:.0f} / "
+              f"{r['step']['frames']:.0f} us (x{r['step']['ratio']:.2f}) [naive / frames]", flush=True)
+    med = lambda op, who: statistics.median(r[op][who] for r in rounds)  # noqa: E731
+    summary = {op: {"naive": med(op, "naive"), "frames": med(op, "frames") if op != "add_8_rows" else None}
+               for op in ("sample", "step", "update", "add_8_rows")}
+    for op in ("sample", "step", "update"):
+        summary[op]["ratio"] = summary[op]["frames"] / summary[op]["naive"]
     mem = {"naive": naive.nbytes / C, "frames": frames.nbytes / C,
            "naive_1e6": per_row_at(10 ** 6, False), "frames_1e6": per_row_at(10 ** 6, True)}
     out = {
@@ -167,15 +189,12 @@ def main():
                 "8 envs, next-step autoreset, 84x84 uint8",
         "device": device_name(dev), "date": datetime.date.today().isoformat(),
         "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-        "threads": torch.get_num_threads(), "capacity": C, "batch": B, "timing_reps": reps,
+        "threads": torch.get_num_threads(), "capacity": C, "batch": B,
         "bytes_per_transition": mem, "peers_bytes_per_transition": PEERS,
-        "median_us": {"sample": {"naive": s_naive, "frames": s_frames, "ratio": s_frames / s_naive},
-                      "step": {**step, "ratio": step["frames"] / step["naive"]},
-                      "update": {"naive": u_naive, "frames": u_frames},
-                      "add_8_rows": {"naive": add_naive, "frames": None}},
+        "median_us": summary, "rounds": rounds,
         "sampled_rows_bit_identical": True,
     }
-    print(json.dumps(out["median_us"], indent=1))
+    print(json.dumps(summary, indent=1))
     print(f"bytes/transition at {C}: naive {mem['naive']:.0f}, frames {mem['frames']:.0f}; at 1e6: naive "
           f"{mem['naive_1e6']:.0f}, frames {mem['frames_1e6']:.0f}")
     os.makedirs(HERE / "results", exist_ok=True)

@@ -135,7 +135,7 @@ class ReplayBuffer:
                     spec = self.nstep.buffer_spec()
                 self.storage = Storage(capacity, spec, self.device, backend)
             self.sampler = self._make_sampler(capacity, backend)
-        tree = getattr(self.sampler, "tree", None)  # [frames] not `or`: an empty SumTree is falsy (__len__, a device read)
+        tree = getattr(self.sampler, "tree", None)  # [frames] not `or`: an empty SumTree is falsy (__len__ reads)
         tree = tree if tree is not None else getattr(self.sampler, "mask_tree", None)
         if tree is not None:
             tree.lock = self._lock  # rb.tree.check() from a monitor thread waits for a call in flight

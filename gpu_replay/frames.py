@@ -339,7 +339,7 @@ class FrameStorage:
 
     def stack_rows(self, refs):
         """Frame rows [R * S] of the stacks of ``refs`` (numpy on the host path, else a tensor)."""
-        S, F = self.stack, self.F
+        F = self.F
         if isinstance(refs, np.ndarray):
             e = refs >> E_SHIFT
             p = (refs >> P_SHIFT) & P_MASK
@@ -726,7 +726,7 @@ class FrameStorage:
         r.check(bool((kop >= -1).all()) and int(kop[-1]) == -1, "key_of_pos", "keys >= -1 and -1 last",
                 "other values")
         pos = r.tensor("pos", (E,), torch.int64, nonneg=True)
-        r.check(bool((pos <= P_MASK).all()), "pos", f"positions below 2**40", "larger ones")
+        r.check(bool((pos <= P_MASK).all()), "pos", "positions below 2**40", "larger ones")
         dlast = r.tensor("dlast", (E,), torch.int64, nonneg=True)
         r.check(bool((dlast <= S - 1).all()), "dlast", f"values in [0, {S - 1}]", dlast.tolist())
         prev = r.tensor("prev_done", (E,), torch.bool)
