@@ -108,9 +108,14 @@ Paths
 -----
 ``host`` (a CPU buffer): numpy writes and index math, one ``index_select`` for the gather.
 ``device`` (CUDA, torch or triton backend): fixed-shape torch ops on the device, host inputs
-staged through one pinned buffer and one copy, no host sync, no data-dependent shape (the
-Triton path gathers the frames with the rows kernel). ``step`` is not CUDA-graph capturable
-(its stream positions are bookkept on the host); ``sample`` and ``update_priorities`` are.
+staged through one pinned buffer and one copy, no host sync, no data-dependent shape. On the
+Triton path ``sample`` is 4 launches (draws, descent, the stored fields, and
+``kernels/frames.py``: references, index math and the frames of every stack in one); ``step``
+is ~60 small launches with next-step autoreset (~75 with the others: the sweep), ~20 more
+while the device learns the padding (device inputs only). The sweep is skipped when it
+provably has nothing to do (next-step autoreset, a ring of the default size, C rows since
+the last fresh call), and so is the emission-time check. ``step`` is not CUDA-graph
+capturable (it bookkeeps on the host); ``sample`` and ``update_priorities`` make no sync.
 """
 from __future__ import annotations
 
@@ -270,6 +275,9 @@ class FrameStorage:
             self.pad = torch.tensor([False, True, True]).to(device)  # seen, reset ok, fixed ok
         self._fw = wide_rows(self.frames, E * F + 2)  # frames as whole words
         self.fresh = True
+        # rows added, and that count at the last fresh call: with next-step autoreset only a fresh
+        # call writes extra frames, so the sweep has nothing to do once C rows came after it
+        self._rows_total = self._fresh_mark = 0
         ar = torch.arange(E, dtype=torch.int64)
         self._base = (ar * F).to(device)
         self._eref = (ar << E_SHIFT).to(device)
@@ -319,6 +327,7 @@ class FrameStorage:
         self.prev_done.zero_()
         self.pad.copy_(torch.tensor([False, True, True]))
         self.fresh = True
+        self._rows_total = self._fresh_mark = 0
         self._reset_mirror()
 
     def _reset_mirror(self) -> None:
@@ -349,13 +358,8 @@ class FrameStorage:
             if not self._pad_np[1]:  # fixed padding: slots before the episode's first frame
                 idx = np.where(lag <= d[:, None], idx, self.pad_row)
             return idx.reshape(-1)
-        e = refs >> E_SHIFT
-        p = (refs >> P_SHIFT) & P_MASK
-        d = (refs & D_MASK)[:, None]
-        lag = self._lag[None, :]
-        idx = self._base.index_select(0, e)[:, None] + torch.remainder(p[:, None] - torch.minimum(lag, d), F)
-        idx = torch.where(self.pad[1] | (lag <= d), idx, self.pad_row)
-        return idx.reshape(-1)
+        from .kernels.frames import stack_index_torch
+        return stack_index_torch(refs, self._base, self._lag, self.pad[1], F, self.pad_row)
 
     def gather(self, slots) -> dict[str, torch.Tensor]:
         """{field: rows at ``slots``} with ``obs`` / ``next_obs`` rebuilt as stacks [B, S, *frame]."""
@@ -370,14 +374,17 @@ class FrameStorage:
             else:
                 out = torch.empty((2 * B * S, fw.shape[1]), dtype=fw.dtype)
             torch.index_select(fw, 0, idx, out=out)
-        else:
-            idx = self.stack_rows(torch.cat((ro, rn)))
+        else:  # the stored references read at the slots, the index math and the copy: one launch on Triton
+            from .kernels import frames as kf
             out = torch.empty((2 * B * S, fw.shape[1]), dtype=fw.dtype, device=self.device)
+            ref_obs, ref_next = self.inner.data["obs"], self.inner.data["next_obs"]
+            if isinstance(slots, np.ndarray):  # (a numba tree's draw, with the device ops forced in tests)
+                slots = torch.from_numpy(slots)
             if self.path == "triton":
-                from .kernels.rows import gather_triton
-                gather_triton([fw], idx, [out])
+                kf.stacks_triton(fw, ref_obs, ref_next, slots, self.pad, S, self.F, self.pad_row, out)
             else:
-                torch.index_select(fw, 0, idx, out=out)
+                kf.stacks_torch(fw, ref_obs, ref_next, slots, self._base, self._lag, self.pad[1], self.F,
+                                self.pad_row, out)
         st = out.view(torch.uint8).view(self.dtype).view(2, B, S, *self.frame_shape)
         return {k: st[0] if k == "obs" else st[1] if k == "next_obs" else inner[k] for k in self.spec}
 
@@ -416,7 +423,8 @@ class FrameStorage:
         if self.host:
             oref, nref, apply = self._plan_host(o8, x8, f8, done, fresh, sampler)
         else:
-            oref, nref, apply = self._plan_device(o, x, dense, te, tr, fresh, sampler)
+            told = (pad, self._m_pad, self._m_x) if host_in and self._m_ok else None  # the host knows the padding
+            oref, nref, apply = self._plan_device(o, x, dense, te, tr, fresh, sampler, told)
         out = nstep._step(oref, action, reward, nref, terminated, truncated, None, None, None, extra)
         # ----- everything checked and recorded: the frames
         apply()
@@ -557,7 +565,10 @@ class FrameStorage:
                     dlast[m] = 0
             else:
                 prev[:] = done
-            self._sweep_host(a, pos, sampler)
+            if fresh:
+                self._fresh_mark = self._rows_total
+            if self._may_sweep():
+                self._sweep_host(a, pos, sampler)
         return oref, nref, apply
 
     def _sweep_host(self, a, b, sampler) -> None:
@@ -575,29 +586,38 @@ class FrameStorage:
             zero_keys(_tree_of(sampler), keys)
 
     # ------------------------------------------------------------------ device path
-    def _plan_device(self, o, x, dense, te, tr, fresh, sampler):
+    def _plan_device(self, o, x, dense, te, tr, fresh, sampler, told):
         """The device path (inputs: numpy arrays, staged in one copy, or device tensors):
-        (obs refs, next_obs refs, the function that writes the frames), fixed-shape torch ops."""
+        (obs refs, next_obs refs, the function that writes the frames), fixed-shape torch ops.
+        ``told``: the padding state the host worked out (host inputs, every call so far), else
+        None: the device learns it from the stacks."""
         E, S, F, mode = self.num_envs, self.stack, self.F, self.autoreset_mode
         same = mode == "same_step"
+        learn = told is None and S > 1
         need_obs = fresh or mode == "disabled"
-        ins = [x if (S > 1 and mode != "disabled") else x[:, -1], te, tr]
+        ins = [x if (learn and mode != "disabled") else x[:, -1], te, tr]
         dts = [self.dtype, torch.bool, torch.bool]
         if need_obs:
-            ins.append(o)
+            ins.append(o if fresh or learn else o[:, -1:])
             dts.append(self.dtype)
         if same:
             ins.append(dense[:, -1] if dense is not None else x[:, -1])
             dts.append(self.dtype)
+        push = None
+        if told is not None and told[0] is not None and (list(told[0][0]) != list(told[1]) or
+                                                        (told[0][1] is not None and told[2] is None)):
+            (flags, xpad), push = told[0], len(ins)  # the padding changed: its flags (and frame) go too
+            ins += [np.array(flags, dtype=bool), xpad if xpad is not None else np.zeros(self.frame_bytes, np.uint8)]
+            dts += [torch.bool, torch.uint8]
         moved = staging.to_device(ins, dts, self.device, stage=self.path == "triton")
         xs, te, tr = moved[0], moved[1], moved[2]
         od = moved[3] if need_obs else None
-        fl = moved[-1] if same else None
+        fl = moved[4 if need_obs else 3] if same else None
         W = self._fw.shape[1]
         x_last = wide_rows(xs.contiguous(), E * (S if xs.dim() == len(self.frame_shape) + 2 else 1)).view(E, -1, W)
         x_full = x_last if x_last.shape[1] == S else None
         x_last = x_last[:, -1]
-        o_full = wide_rows(od, E * S).view(E, S, W) if od is not None else None
+        o_full = wide_rows(od.contiguous(), od.shape[0] * od.shape[1]).view(E, -1, W) if od is not None else None
         done = te | tr
         fw, pos, dlast, prev, base = self._fw, self.pos, self.dlast, self.prev_done, self._base
         if fresh:
@@ -621,7 +641,10 @@ class FrameStorage:
                 fw.index_copy_(0, torch.where(prev, base + torch.remainder(pos, F), self.trash_row), o_full[:, -1])
             src = torch.where(done[:, None], wide_rows(fl.contiguous(), E), x_last) if same else x_last
             fw.index_copy_(0, base + torch.remainder(p0, F), src)
-            if S > 1:  # the padding, learned from the episode-start stacks
+            if push is not None:
+                self.pad.copy_(moved[push])
+                fw[self.pad_row].copy_(moved[push + 1].view(fw.dtype))
+            if learn:  # the padding, learned on the device from the episode-start stacks
                 if mode == "next_step":
                     self._learn_pad(x_full, prev)
                 elif same:
@@ -636,8 +659,18 @@ class FrameStorage:
                 dlast.masked_fill_(done, 0)
             else:
                 prev.copy_(done)
-            self._sweep_device(a, S + 2 if fresh else (2 if mode != "next_step" else 1), sampler)
+            if fresh:
+                self._fresh_mark = self._rows_total
+            if self._may_sweep():
+                self._sweep_device(a, S + 2 if fresh else (2 if mode != "next_step" else 1), sampler)
         return oref, nref, apply
+
+    def _may_sweep(self) -> bool:
+        """Whether this call's frames can overwrite those of a stored row (see Validity): with
+        next-step autoreset only the rows added before the last fresh call, until C more came."""
+        if self.autoreset_mode != "next_step" or self.F < -(-self.capacity // self.num_envs) + self.n + self.stack:
+            return True  # (a ring smaller than frames_per_env's: always)
+        return self._rows_total - self._fresh_mark < self.capacity
 
     def _learn_pad(self, R, m) -> None:
         """Device twin of the host's padding inference over the stacks R [E, S, W] of the envs
@@ -668,6 +701,8 @@ class FrameStorage:
         """The emitted rows' validity: False where the frames of their obs are already gone."""
         ref = rows["obs"]
         S, F = self.stack, self.F
+        if self.autoreset_mode == "next_step" and F >= self.n + S + 1:
+            return valid  # one frame per env per call: a row's frames are all there when it is emitted
         if self.host:
             r = ref.numpy() if isinstance(ref, torch.Tensor) else ref
             e = r >> E_SHIFT
@@ -680,6 +715,7 @@ class FrameStorage:
     def register(self, rows: dict, keys: torch.Tensor) -> None:
         """key_of_pos[e, q] = the key of the row whose obs is at position q of env e."""
         ref = rows["obs"]
+        self._rows_total += ref.shape[0]
         if self.host:
             r = ref.numpy() if isinstance(ref, torch.Tensor) else ref
             self._kop_np[self._base_np[r >> E_SHIFT] + ((r >> P_SHIFT) & P_MASK) % self.F] = keys.numpy()
@@ -747,6 +783,7 @@ class FrameStorage:
             self.prev_done.copy_(prev)
             self.pad.copy_(pad)
             self.fresh = bool(fresh)
+            self._rows_total = self._fresh_mark = 0  # (sweeps on for the next C rows: whatever came before)
             self._m_ok = bool(m_ok)
             self._m_prev = m_prev.numpy().copy() if m_has_prev else None
             self._m_prev_done = m_prev_done.numpy().copy()
