@@ -78,6 +78,14 @@ class ReplayBuffer:
     (see ``gpu_replay.nstep``). The TD target is
     ``reward + discount * (1 - terminated) * max_a Q(next_obs, a)``.
 
+    Pixel observations, every frame stored once: with ``frame_stack=S`` (and ``n_step``,
+    ``num_envs``), ``spec["obs"]`` is ``((S, *frame), dtype)``, the stack on the leading axis
+    as gymnasium's ``FrameStackObservation`` gives it, and ``step()`` keeps each env's stream
+    of single frames once (true final observations included); rows hold references and
+    ``obs`` / ``next_obs`` stacks are rebuilt on the device when sampled: ~7.2 kB per 84x84x4
+    transition instead of ~56 kB. Such a buffer is fed by ``step()`` only; rows whose frames
+    have been overwritten are never sampled (see ``gpu_replay.frames``).
+
     Checkpoints: ``state_dict()`` / ``load_state_dict()`` hold the stored rows, the key
     counter, the sampler's tree, maxima and counters, the n-step windows and the state of a
     given ``generator``; ``save(path)`` writes them atomically (temporary file, fsync,
@@ -109,17 +117,24 @@ class ReplayBuffer:
 
     def __init__(self, capacity: int, spec, device=None, generator: torch.Generator | None = None,
                  n_step: int | None = None, gamma: float = 0.99, num_envs: int | None = None,
-                 autoreset_mode="next_step", backend: str = "auto"):
+                 autoreset_mode="next_step", backend: str = "auto", frame_stack: int | None = None):
         capacity = check_int(capacity, "capacity", 1, 2 ** 40)
         self.device = as_device(device)
         self.backend = backend = resolve_backend(backend, self.device)
         self.generator = generator
         self._lock = threading.RLock()
+        self._frames = None
         with torch.inference_mode(False):  # a buffer made inside inference_mode stays writable
-            self.nstep = self._make_nstep(spec, n_step, gamma, num_envs, autoreset_mode, backend)
-            if self.nstep is not None:
-                spec = self.nstep.buffer_spec()
-            self.storage = Storage(capacity, spec, self.device, backend)
+            if frame_stack is not None:  # [frames] every frame stored once (gpu_replay.frames)
+                from .frames import make_parts
+                self.nstep, self.storage = make_parts(capacity, spec, frame_stack, n_step, gamma, num_envs,
+                                                      autoreset_mode, self.device, backend)
+                self._frames = self.storage
+            else:
+                self.nstep = self._make_nstep(spec, n_step, gamma, num_envs, autoreset_mode, backend)
+                if self.nstep is not None:
+                    spec = self.nstep.buffer_spec()
+                self.storage = Storage(capacity, spec, self.device, backend)
             self.sampler = self._make_sampler(capacity, backend)
         self.sampler.lock = self._lock
         for tree in (getattr(self.sampler, "tree", None), getattr(self.sampler, "mask_tree", None)):
@@ -136,7 +151,8 @@ class ReplayBuffer:
 
     def _make_sampler(self, capacity: int, backend: str):
         # next-step autoreset emits rows that are not transitions: a validity mask from the start
-        masked = self.nstep is not None and self.nstep.autoreset_mode == "next_step"
+        # [frames] and a frame buffer invalidates rows whose frames are overwritten
+        masked = self.nstep is not None and (self.nstep.autoreset_mode == "next_step" or self._frames is not None)
         return UniformSampler(capacity, self.device, backend, masked=masked)
 
     @property
@@ -149,13 +165,18 @@ class ReplayBuffer:
 
     @property
     def nbytes(self) -> int:
-        """Device bytes the buffer holds: the stored rows, the sampler's sum tree (priorities,
-        ~9 bytes a row at fanout 16), the n-step windows."""
-        trees = [getattr(self.sampler, "tree", None), getattr(self.sampler, "mask_tree", None)]
-        held = sum(t.state.sums.nbytes + t.state.mins.nbytes for t in trees if t is not None)
+        """Device bytes the buffer holds: the stored rows (the storage: with ``frame_stack=``
+        the frames, references and the rest), the sampler's sum tree (prioritized replay, or
+        uniform replay's validity tree: ~9 bytes a row at fanout 16) and key counter, and the
+        n-step windows."""
+        total = self.storage.nbytes + self.sampler.counter.t.numel() * 8
+        for tree in (getattr(self.sampler, "tree", None), getattr(self.sampler, "mask_tree", None)):
+            if tree is not None:
+                st = tree.state
+                total += sum(t.numel() * t.element_size() for t in (st.sums, st.mins, st.maxes, st.counters))
         if self.nstep is not None:
-            held += self.nstep.nbytes
-        return self.storage.nbytes + held
+            total += self.nstep.nbytes
+        return total
 
     @property
     def num_added(self) -> int:
@@ -184,6 +205,9 @@ class ReplayBuffer:
         (bad field set, shape, dtype, device, a conversion that fails) raises before anything
         is written.
         """
+        if self._frames is not None:  # [frames]
+            raise ValueError("add: expected a buffer without frame_stack= (a frame buffer stores each env's stream "
+                             "of frames once, so it is fed by step() only), got a frame buffer; use step()")
         fast = self.storage.host_rows(batch)  # the CPU's plain case: metadata checks only
         if fast is not None:
             n, rows = fast
@@ -221,8 +245,12 @@ class ReplayBuffer:
         if self.nstep is None:
             raise ValueError("step: expected a buffer with an n-step stage (construct it with n_step=, "
                              "gamma=, num_envs=), got one without")
-        out = self.nstep._step(obs, action, reward, next_obs, terminated, truncated, info, final_obs,
-                               final_obs_mask, extra)
+        if self._frames is not None:  # [frames] frames into the streams, references into the n-step stage
+            out = self._frames.step(self.nstep, self.sampler, obs, action, reward, next_obs, terminated, truncated,
+                                    info, final_obs, final_obs_mask, extra)
+        else:
+            out = self.nstep._step(obs, action, reward, next_obs, terminated, truncated, info, final_obs,
+                                   final_obs_mask, extra, host_rows=True)
         return None if out is None else self._add_emitted(out)
 
     @_locked
@@ -231,11 +259,21 @@ class ReplayBuffer:
         if self.nstep is None:
             raise ValueError("flush: expected a buffer with an n-step stage (construct it with n_step=, "
                              "gamma=, num_envs=), got one without")
-        out = self.nstep._flush()
+        if self._frames is not None:  # [frames] the next step() writes its whole obs stack
+            out = self.nstep.flush()
+            keys = None if out is None else self._add_emitted(out)
+            self._frames.flushed()
+            return keys
+        out = self.nstep._flush(host_rows=True)
         return None if out is None else self._add_emitted(out)
 
     def _add_emitted(self, out) -> torch.Tensor:
         rows, valid = out
+        if self._frames is not None:  # [frames] rows whose frames are gone are stored invalid; keys registered
+            valid = self._frames.rows_valid(rows, valid if self.nstep.autoreset_mode == "next_step" else None)
+            keys = self._add(valid.shape[0], rows, valid)
+            self._frames.register(rows, keys)
+            return keys
         # only next-step autoreset makes rows that are not transitions
         mask = valid if self.nstep.autoreset_mode == "next_step" else None
         if isinstance(valid, np.ndarray):  # the CPU path: numpy rows of the storage's dtypes, not aliasing it
@@ -271,7 +309,10 @@ class ReplayBuffer:
             self.nstep.reset()
 
     def _config(self) -> dict:
-        return {"kind": type(self).__name__, "capacity": self.capacity, "spec": ckpt.spec_to_state(self.spec)}
+        cfg = {"kind": type(self).__name__, "capacity": self.capacity, "spec": ckpt.spec_to_state(self.spec)}
+        if self._frames is not None:  # [frames]
+            cfg["frame_stack"] = self._frames.stack
+        return cfg
 
     @_locked
     def state_dict(self) -> dict:
@@ -284,6 +325,7 @@ class ReplayBuffer:
             "sampler": self.sampler.state_dict(),
             "nstep": None if self.nstep is None else self.nstep.state_dict(),
             "generator": None if g is None else {"device": g.device.type, "state": g.get_state()},
+            **({"frames": self._frames.frames_state()} if self._frames is not None else {}),  # [frames]
         }
 
     @_locked
@@ -310,8 +352,9 @@ class ReplayBuffer:
         r.check(n == min(added - floor, self.capacity), "rows", f"min(added - floor, capacity) = "
                 f"{min(added - floor, self.capacity)}", n)
         data = r.sub("data")
-        r.check(set(data.sd) == set(self.spec), "data", f"the fields {list(self.spec)}", list(data.sd))
-        rows = {k: data.tensor(k, (n, *shape), dt) for k, (shape, dt) in self.spec.items()}
+        stored = getattr(self.storage, "rows_spec", self.spec)  # [frames] the rows hold references
+        r.check(set(data.sd) == set(stored), "data", f"the fields {list(stored)}", list(data.sd))
+        rows = {k: data.tensor(k, (n, *shape), dt) for k, (shape, dt) in stored.items()}
         shift = self.sampler.counter.shift_for(added, floor)
         commit_sampler = self.sampler.prepare_load(sampler, shift)
         nsd = r.get("nstep")
@@ -319,9 +362,12 @@ class ReplayBuffer:
                 else "None (this buffer has no n-step stage)", "None" if nsd is None else "an n-step state")
         commit_nstep = self.nstep.prepare_load(nsd, r.sub("nstep")) if self.nstep is not None else None
         gen = self._check_generator(r.get("generator"))
+        commit_frames = self._frames.prepare_load(r.sub("frames"), shift) if self._frames is not None else None
         # everything checked: commit
 
         def commit():
+            if commit_frames is not None:  # [frames]
+                commit_frames()
             if commit_nstep is not None:
                 commit_nstep()
             commit_sampler()
@@ -387,9 +433,10 @@ class PrioritizedReplayBuffer(ReplayBuffer):
                  backend: str = "auto", generator: torch.Generator | None = None,
                  fanout: int = DEFAULT_FANOUT, normalize: str = "global", strict: bool = False,
                  n_step: int | None = None, gamma: float = 0.99, num_envs: int | None = None,
-                 autoreset_mode="next_step"):
+                 autoreset_mode="next_step", frame_stack: int | None = None):
         self._tree_args = dict(alpha=alpha, eps=eps, fanout=fanout, normalize=normalize, strict=strict)
-        super().__init__(capacity, spec, device, generator, n_step, gamma, num_envs, autoreset_mode, backend)
+        super().__init__(capacity, spec, device, generator, n_step, gamma, num_envs, autoreset_mode, backend,
+                         frame_stack)
 
     def _make_sampler(self, capacity: int, backend: str):
         return PrioritizedSampler(capacity, self.device, backend=backend, **self._tree_args)

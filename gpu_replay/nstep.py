@@ -289,7 +289,7 @@ class NStep:
         """Record one step per env; return ``None`` for the first n - 1 calls, then
         ``(rows, valid)`` with exactly ``num_envs`` rows (see the class docstring)."""
         out = self._step(obs, action, reward, next_obs, terminated, truncated, info, final_obs,
-                         final_obs_mask, extra)
+                         final_obs_mask, extra, host_rows=True)
         if out is None:
             return None
         rows, valid = out
@@ -325,9 +325,16 @@ class NStep:
         return given
 
     def _step(self, obs, action, reward, next_obs, terminated, truncated, info=None, final_obs=None,
-              final_obs_mask=None, extra=None):
-        """``step`` whose rows may be views of the windows (valid until the next call); on the
-        CPU path (numba) the rows and the mask are numpy arrays."""
+              final_obs_mask=None, extra=None, host_rows=False):
+        """``step`` whose rows may be views of the windows (valid until the next call). With
+        ``host_rows``, the CPU path (numba) returns numpy rows and mask (what the buffer's host
+        storage writes); else tensors."""
+        out = self._record_and_emit(obs, action, reward, next_obs, terminated, truncated, info, final_obs,
+                                    final_obs_mask, extra)
+        return out if host_rows else _as_tensors(out)
+
+    def _record_and_emit(self, obs, action, reward, next_obs, terminated, truncated, info, final_obs, final_obs_mask,
+                         extra):
         if self.backend == "numba":
             given = self._fast_inputs(obs, action, reward, next_obs, terminated, truncated, info, final_obs,
                                       final_obs_mask, extra or {})
@@ -387,7 +394,7 @@ class NStep:
         return emit(self, start, L)
 
     # ------------------------------------------------------------------ flush / reset
-    def _flush(self):
+    def _flush(self, host_rows: bool = False):
         """``flush`` (on the CPU path: numpy rows).
         Emit the transitions still pending in the windows (``num_envs * min(calls, n - 1)``
         rows, row ``i * num_envs + e`` = env e's i-th oldest pending step, ``(rows, valid)``), or
@@ -405,7 +412,7 @@ class NStep:
             valid = cat([p[1] for p in parts])
             out = (rows, valid)
         self._clear(keep_autoreset=True)
-        return out
+        return out if host_rows else _as_tensors(out)
 
     def flush(self):
         """Emit the transitions still pending in the windows (``num_envs * min(calls, n - 1)``
@@ -413,7 +420,7 @@ class NStep:
         ``None`` if none is pending; then empty the windows. Their k is cut at the episode's end or
         at the last recorded step; ``terminated`` is set only if the episode really terminated.
         The next-step autoreset flags are kept (see ``reset``)."""
-        out = self._flush()
+        out = self._flush(host_rows=True)
         if out is not None and isinstance(out[1], np.ndarray):
             out = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in out[0].items()}, \
                 torch.from_numpy(out[1])
@@ -526,3 +533,12 @@ def _host(t) -> np.ndarray:
 def _numpy_or(original, checked):
     """The caller's numpy array as it was given (staged as host data), else the checked tensor."""
     return original if isinstance(original, np.ndarray) else checked
+
+
+def _as_tensors(out):
+    """(rows, valid) with numpy arrays made tensors (views: the caller uses them at once)."""
+    if out is None or not isinstance(out[1], np.ndarray):
+        return out
+    rows, valid = out
+    return {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in rows.items()}, \
+        torch.from_numpy(valid)
