@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ._jit import tl, triton
+from ._jit import launched, tl, triton
 from .rows import _block
 
 E_SHIFT, P_SHIFT = 48, 8
@@ -65,6 +65,8 @@ if triton is not None:
         reset_ok = tl.load(pad + 1 + r * 0, mask=ok, other=0)
         row = tl.where((reset_ok != 0) | (lag <= d), row, PAD)
         _copy_field(src, dst, row, r, W, j, ok)
+
+    _stacks_kernel = launched(_stacks_kernel)
 
 
 def stacks_triton(frames_w, ref_obs, ref_next, slots, pad, S: int, F: int, pad_row: int, out) -> None:

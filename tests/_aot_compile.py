@@ -101,7 +101,16 @@ STEP_SPECS = {"pixels": {"obs": ((4, 84, 84), torch.uint8), "action": ((), torch
 
 
 def record_rows_and_nstep(meta):
-    """The storage's row kernels (scatter, gather, uniform draw) and NStep's record and emit."""
+    """The storage's row kernels (scatter, gather, uniform draw), NStep's record and emit, and the
+    frame storage's stack gather."""
+    from gpu_replay.kernels.frames import stacks_triton
+    for S, frame in ((4, (84, 84)), (1, (84, 84)), (2, (16, 16))):
+        words = frame[0] * frame[1] // 8
+        for B in (1, 256):
+            i64 = lambda n: torch.empty(n, dtype=torch.int64, device=meta)  # noqa: E731
+            stacks_triton(torch.empty((10 ** 5, words), dtype=torch.int64, device=meta), i64(10 ** 5), i64(10 ** 5),
+                          i64(B), torch.empty(3, dtype=torch.bool, device=meta), S, 12_500, 0,
+                          torch.empty((2 * B * S, words), dtype=torch.int64, device=meta))
     from gpu_replay import NStep
     from gpu_replay.storage import Storage
     for spec in SPECS.values():

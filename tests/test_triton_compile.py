@@ -25,6 +25,6 @@ def test_every_launched_variant_compiles_for_hopper(tmp_path):
     m = re.search(r"compiled (\d+) of (\d+)", out)
     assert m and m.group(1) == m.group(2) and int(m.group(2)) >= 100, out[-2000:]
     for name in ("_sample_kernel", "_update_kernel", "_insert_kernel", "_refresh_kernel", "_batch_weights_kernel",
-                 "_rows_kernel", "_record_kernel", "_emit_kernel"):
+                 "_rows_kernel", "_record_kernel", "_emit_kernel", "_stacks_kernel"):
         assert f" {name} " in out, name
     assert "'K': 1024" in out and "'DEPTH': 27" in out  # the largest fanout, the deepest tree (1e8, K=2)
