@@ -49,7 +49,7 @@ def run(buffer: str, total_timesteps: int, seed: int = 1, learning_starts: int =
         from gpu_replay.compat import SB3ReplayBuffer as ReplayBuffer
     rb = ReplayBuffer(10_000, envs.single_observation_space, envs.single_action_space, device,
                       handle_timeout_termination=False)
-    t_add = t_sample = 0.0
+    t_add = t_sample = t_env = t_train = 0.0
     n_sample = 0
     returns = []
     obs, _ = envs.reset(seed=seed)
@@ -61,7 +61,9 @@ def run(buffer: str, total_timesteps: int, seed: int = 1, learning_starts: int =
         else:
             with torch.no_grad():
                 actions = torch.argmax(q(torch.Tensor(obs).to(device)), dim=1).cpu().numpy()
+        t = time.perf_counter()
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        t_env += time.perf_counter() - t
         fin = infos.get("final_info", {})  # (same-step autoreset: the ended episode's info)
         if "episode" in fin and fin["_episode"].any():
             returns.append(float(fin["episode"]["r"][0]))
@@ -78,6 +80,7 @@ def run(buffer: str, total_timesteps: int, seed: int = 1, learning_starts: int =
             data = rb.sample(128)
             t_sample += time.perf_counter() - t
             n_sample += 1
+            t = time.perf_counter()
             with torch.no_grad():
                 target_max, _ = target(data.next_observations).max(dim=1)
                 td_target = data.rewards.flatten() + 0.99 * target_max * (1 - data.dones.flatten())
@@ -86,13 +89,15 @@ def run(buffer: str, total_timesteps: int, seed: int = 1, learning_starts: int =
             opt.zero_grad()
             loss.backward()
             opt.step()
+            t_train += time.perf_counter() - t
         if step % 500 == 0:
             target.load_state_dict(q.state_dict())
     wall = time.perf_counter() - t0
     envs.close()
     return {"buffer": buffer, "steps": total_timesteps, "wall_s": wall, "env_steps_per_s": total_timesteps / wall,
             "add_us": 1e6 * t_add / total_timesteps, "sample_us": 1e6 * t_sample / max(n_sample, 1),
-            "buffer_share": (t_add + t_sample) / wall, "episodes": len(returns),
+            "buffer_share": (t_add + t_sample) / wall, "env_s": t_env, "train_s": t_train,
+            "buffer_s": t_add + t_sample, "other_s": wall - t_env - t_train - t_add - t_sample, "episodes": len(returns),
             "mean_return_last_20": float(np.mean(returns[-20:])) if returns else None}
 
 
@@ -101,24 +106,31 @@ def main(argv=None):
     ap.add_argument("--total-timesteps", type=int, default=50_000)
     ap.add_argument("--learning-starts", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3, help="pairs of runs, alternating which buffer goes first")
     ap.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args(argv)
     res = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "torch": torch.__version__, "runs": []}
-    for buffer in ("sb3", "gpu_replay", "sb3", "gpu_replay"):  # twice each, interleaved
+    order = []
+    for i in range(args.rounds):  # ABBA...: neither buffer always runs first (the machine drifts)
+        order += ["sb3", "gpu_replay"] if i % 2 == 0 else ["gpu_replay", "sb3"]
+    for buffer in order:
         r = run(buffer, args.total_timesteps, args.seed, min(args.learning_starts, args.total_timesteps // 2))
         res["runs"].append(r)
         print(json.dumps(r), flush=True)
     for b in ("sb3", "gpu_replay"):
-        walls = [r["wall_s"] for r in res["runs"] if r["buffer"] == b]
-        res[f"{b}_best_wall_s"] = min(walls)
-    res["ratio_gpu_replay_to_sb3"] = res["gpu_replay_best_wall_s"] / res["sb3_best_wall_s"]
+        runs = [r for r in res["runs"] if r["buffer"] == b]
+        res[f"{b}_median_wall_s"] = float(np.median([r["wall_s"] for r in runs]))
+        res[f"{b}_median_buffer_s"] = float(np.median([r["buffer_s"] for r in runs]))
+    res["ratio_gpu_replay_to_sb3"] = res["gpu_replay_median_wall_s"] / res["sb3_median_wall_s"]
+    res["buffer_ratio_gpu_replay_to_sb3"] = res["gpu_replay_median_buffer_s"] / res["sb3_median_buffer_s"]
     os.makedirs(args.out_dir, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
     path = os.path.join(args.out_dir, f"cleanrl-dqn-{platform.machine()}-{stamp}.json")
     with open(path, "w") as f:
         json.dump(res, f, indent=1)
-    print(f"gpu_replay / SB3 wall time: {res['ratio_gpu_replay_to_sb3']:.3f}; wrote {path}")
+    print(f"gpu_replay / SB3 median wall time: {res['ratio_gpu_replay_to_sb3']:.3f}, time in the buffer: "
+          f"{res['buffer_ratio_gpu_replay_to_sb3']:.3f}; wrote {path}")
     return res
 
 

@@ -237,7 +237,7 @@ def run(args) -> dict:
     res = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "python": platform.python_version(), "torch": torch.__version__, "repeats": args.repeats,
            "notes": "median µs per call; numpy inputs; one thread; GC paused while timing", "cases": {}}
-    for capacity, B in ((10_000, 32), (1_000_000, 256)):
+    for capacity, B in args.cases:
         table = {}
         for fn in (per_gpu_replay, per_cpprb, per_tianshou):
             try:
@@ -276,8 +276,12 @@ def to_markdown(res: dict) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=2000)
+    ap.add_argument("--cases", default="1e4:32,1e6:256", type=lambda v: [
+        (int(float(c.split(":")[0])), int(c.split(":")[1])) for c in v.split(",")],
+        help="capacity:batch pairs for the PER calls (default 1e4:32,1e6:256)")
     ap.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
     res = run(args)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
     base = os.path.join(args.out_dir, f"overhead-{platform.machine()}-{os.cpu_count()}cores-{stamp}")

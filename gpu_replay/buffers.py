@@ -489,8 +489,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         - a key repeated in one call: the last write wins; negative d are ordinary (|d|);
         - the running max, which new rows enter with, only grows.
         """
-        keys, td = check_keys(keys, td_errors, self.device)
-        self.sampler.update(keys, td)
+        self.sampler.update(keys, td_errors)  # checked there (metadata only, on the CPU's fast path)
 
     def _config(self) -> dict:
         return {**super()._config(), "fanout": self.tree.fanout, "alpha": self.alpha, "eps": self.eps}

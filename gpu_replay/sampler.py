@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ._backend import resolve_backend
-from ._checks import check_choice, check_float, check_int
+from ._checks import check_choice, check_float, check_int, check_keys
 from .keys import KeyCounter, keys_from_slots
 from .sumtree import Sample, SumTree, check_beta
 
@@ -170,8 +170,13 @@ class PrioritizedSampler:
     def sample(self, batch_size: int, generator: torch.Generator | None = None, beta=0.4) -> Sample:
         return self.tree._sample(batch_size, check_beta(beta, self.device), generator, self.normalize)
 
-    def update(self, keys: torch.Tensor, td: torch.Tensor) -> None:
-        self.tree._update(keys, td, self.strict)
+    def update(self, keys, td) -> None:
+        """Checked keys and TD errors (``_checks.check_keys``), or raw ones the tree's fast
+        path takes as they are (see ``update_priorities``)."""
+        tree = self.tree
+        if self.strict or tree._update_fast is None or not tree._update_fast(keys, td):
+            keys, td = check_keys(keys, td, self.device)
+            tree._update(keys, td, self.strict)
 
     def clear(self) -> None:
         self.tree.clear()

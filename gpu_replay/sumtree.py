@@ -179,6 +179,9 @@ class SumTree:
         self.lock = threading.RLock()
         self._sums_np = self.state.sums.numpy() if host else None
         self._draws: dict[int, tuple] = {}  # numba backend: reused draw buffers by batch size
+        # numba backend: fast(keys, td) -> bool, one compiled call after metadata checks
+        self._update_fast = self.ops.update_fast(self.state, self.scratch, self.counter) \
+            if self.backend == "numba" else None
 
     @property
     def capacity(self) -> int:
@@ -219,8 +222,9 @@ class SumTree:
         """Set p = (|d| + eps) ** alpha for live keys (see the class docstring for the rules).
         ``strict=True`` raises ValueError on NaN/inf instead of replacing them (this reads
         one flag back from the device: a sync)."""
-        keys, td = check_keys(keys, td_errors, self.device)
-        self._update(keys, td, strict)
+        if strict or self._update_fast is None or not self._update_fast(keys, td_errors):
+            keys, td = check_keys(keys, td_errors, self.device)
+            self._update(keys, td, strict)
 
     def _update(self, keys: torch.Tensor, td: torch.Tensor, strict: bool = False) -> None:
         if strict and not bool(torch.isfinite(td).all()):
@@ -372,6 +376,8 @@ class SumTree:
 
 def check_beta(beta, device: torch.device):
     """A float in [0, 1], or a one-element float tensor on ``device`` (read by the kernels)."""
+    if type(beta) is float and 0.0 <= beta <= 1.0:  # the usual case (NaN fails both compares)
+        return beta
     if isinstance(beta, torch.Tensor):
         if not beta.is_floating_point() or beta.numel() != 1 or beta.device != device:
             raise TypeError(f"beta: expected a float or a one-element float tensor on {device}, got "

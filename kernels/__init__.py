@@ -41,15 +41,17 @@ def triton_runs_on_cpu() -> bool:
 @functools.cache
 def backend(name: str) -> SimpleNamespace:
     """The op table of backend ``name``: prepare(state) -> scratch, insert, update, sample,
-    refresh (each ``op(state, scratch, counter, ...)``, see the op files)."""
+    refresh (each ``op(state, scratch, counter, ...)``, see the op files); numba adds
+    ``sample_host`` and ``update_fast``."""
     if not available(name):
         raise ValueError(f"backend={name!r}: {'triton' if name == 'triton' else 'numba'} is not installed; "
                          f"use backend='torch'")
     from . import insert, refresh, sample, update
     ops = {op: getattr(mod, f"{op}_{name}") for op, mod in
            (("insert", insert), ("update", update), ("sample", sample), ("refresh", refresh))}
-    if name == "numba":
+    if name == "numba":  # the CPU's shortcuts: the draws as numpy, an update on metadata checks only
         ops["sample_host"] = sample.sample_host
+        ops["update_fast"] = update.update_fast_numba
     return SimpleNamespace(name=name, prepare=_PREPARE[name], **ops)
 
 

@@ -146,3 +146,23 @@ if numba is not None:
         return p
 
 
+
+    from numba import types as _nbt
+    from numba.extending import intrinsic as _intrinsic
+
+    def _pointer_to(dtype):
+        ptr = _nbt.CPointer(dtype)
+
+        @_intrinsic
+        def to_ptr(typingctx, addr):
+            def codegen(context, builder, sig, args):
+                return builder.inttoptr(args[0], context.get_value_type(ptr))
+            return ptr(_nbt.int64), codegen
+        return to_ptr
+
+    # An address (``tensor.data_ptr()``) as a typed pointer, for ``numba.carray(ptr, n)``: a
+    # compiled loop reads a contiguous CPU tensor in place, where ``tensor.numpy()`` costs
+    # ~1.5 µs a call (more than the whole update of a few keys).
+    ptr_i64 = _pointer_to(_nbt.int64)
+    ptr_f64 = _pointer_to(_nbt.float64)
+    ptr_f32 = _pointer_to(_nbt.float32)

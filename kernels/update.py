@@ -175,10 +175,34 @@ def update_triton(st, sc, counter, keys: torch.Tensor, td: torch.Tensor) -> None
         st.maxes.copy_(sc.max_next)
 
 
+def update_fast_numba(st, sc, counter):
+    """A function ``fast(keys, td) -> bool``: the whole ``update_numba`` on the metadata
+    checks alone when ``keys`` is an int64 [B] CPU tensor and ``td`` a float32/float64 CPU
+    tensor of the same shape, both dense and contiguous (what ``sample`` returned and a loss
+    on the CPU gives); False, having done nothing, for anything else (then the checked path
+    runs). ``td`` is read in place, so it may require grad."""
+    i64, f32, f64, strided = torch.int64, torch.float32, torch.float64, torch.strided
+    state = (sc.sums, sc.mins, sc.offs, counter.np)
+    rest = (sc.maxes, sc.counters, sc.hyper_np, *sc.layout)
+
+    def fast(keys, td) -> bool:
+        if type(keys) is not torch.Tensor or type(td) is not torch.Tensor or keys.dtype is not i64:
+            return False
+        t64 = td.dtype is f64
+        if not (t64 or td.dtype is f32) or keys.layout is not strided or td.layout is not strided:
+            return False
+        if not (keys.is_cpu and td.is_cpu and keys.dim() == 1 and td.shape == keys.shape and keys.shape[0]
+                and keys.is_contiguous() and td.is_contiguous()):
+            return False
+        update_ptr_nb(*state, keys.data_ptr(), td.data_ptr(), keys.shape[0], t64, *rest)
+        return True
+    return fast
+
+
 if numba is not None:
     import numpy as np
 
-    from ._jit import priority_nb
+    from ._jit import priority_nb, ptr_f32, ptr_f64, ptr_i64
     from .refresh import refresh_slots_nb
 
     @numba.njit(cache=True, nogil=True)
@@ -221,10 +245,23 @@ if numba is not None:
         if w:
             refresh_slots_nb(sums, mins, offs, np.sort(slots[:w]), K, D, log2k)
 
+    @numba.njit(cache=True, nogil=True)
+    def update_ptr_nb(sums, mins, offs, cnt, keys_addr, td_addr, B, td64, maxes, counters, hyper, C, K, D, log2k):
+        """``update_nb`` on B keys (int64) and TD errors (float64 if ``td64``, else float32)
+        read in place at their addresses."""
+        keys = numba.carray(ptr_i64(keys_addr), B)
+        if td64:
+            update_nb(sums, mins, offs, cnt, keys, numba.carray(ptr_f64(td_addr), B), maxes, counters, hyper,
+                      C, K, D, log2k)
+        else:
+            update_nb(sums, mins, offs, cnt, keys, numba.carray(ptr_f32(td_addr), B), maxes, counters, hyper,
+                      C, K, D, log2k)
+
 
 def update_numba(st, sc, counter, keys: torch.Tensor, td: torch.Tensor) -> None:
-    """Compiled CPU twin: one compiled call for the leaves, counters, maxima and levels."""
+    """Compiled CPU twin: one compiled call for the leaves, counters, maxima and levels.
+    ``keys`` and ``td`` are contiguous CPU tensors (``_checks.check_keys``), read in place."""
     if td.dtype is not torch.float32 and td.dtype is not torch.float64:  # float16/bfloat16: numba has no such type
         td = td.to(torch.float64)  # exact, and what the twin does first
-    update_nb(sc.sums, sc.mins, sc.offs, counter.np, keys.numpy(), td.numpy(), sc.maxes, sc.counters,
-              sc.hyper_np, *sc.layout)
+    update_ptr_nb(sc.sums, sc.mins, sc.offs, counter.np, keys.data_ptr(), td.data_ptr(), keys.shape[0],
+                  td.dtype is torch.float64, sc.maxes, sc.counters, sc.hyper_np, *sc.layout)

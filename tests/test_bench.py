@@ -47,3 +47,27 @@ def test_an_interrupted_run_keeps_the_jobs_it_finished(tmp_path, monkeypatch):
     assert len(files) == 1
     out = json.loads(files[0].read_text())
     assert [r["impl"] for r in out["results"]] == ["gpu_replay:torch"] and "results" in out["results"][0]
+
+
+def test_the_overhead_script_runs_and_writes_its_table(tmp_path):
+    pytest.importorskip("cpprb")  # the peers this script is measured against
+    from bench import overhead
+    res = overhead.main(["--repeats", "3", "--cases", "1e3:8", "--out-dir", str(tmp_path)])
+    table = res["cases"]["PER calls, capacity 1,000"]
+    ours = next(v for k, v in table.items() if k.startswith("gpu_replay"))
+    assert set(ours) >= {"add(1)", "sample(8)", "update(8) sampled", "update(8) random"}, ours
+    assert all(v > 0 for v in ours.values())
+    md = next(tmp_path.glob("overhead-*.md")).read_text()
+    assert "| gpu_replay" in md and "n-step step" in md
+
+
+def test_the_cleanrl_benchmark_runs_both_buffers_on_the_same_loop(tmp_path):
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("stable_baselines3")
+    from bench import cleanrl_dqn
+    res = cleanrl_dqn.main(["--total-timesteps", "300", "--learning-starts", "100", "--rounds", "1",
+                            "--out-dir", str(tmp_path)])
+    assert [r["buffer"] for r in res["runs"]] == ["sb3", "gpu_replay"]
+    for r in res["runs"]:
+        assert r["steps"] == 300 and r["buffer_s"] > 0 and r["train_s"] > 0
+    assert res["ratio_gpu_replay_to_sb3"] > 0 and len(list(tmp_path.glob("cleanrl-dqn-*.json"))) == 1

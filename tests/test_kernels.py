@@ -227,6 +227,29 @@ def test_update_kernel_matches_twin(backend, device, capacity, fanout, B, alpha)
     assert torch.isfinite(twin.st.sums).all() and float(twin.st.sums[0]) > 0
 
 
+@pytest.mark.skipif(not K.available("numba"), reason="numba is not installed")
+@pytest.mark.parametrize("capacity,fanout", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numba_update_fast_path_matches_twin(capacity, fanout, dtype):
+    """The CPU's shortcut (metadata checks, keys and TD errors read in place) does what the
+    checked path does, bit for bit, and declines what it does not take."""
+    st = random_state(capacity, fanout, seed=5 * capacity + fanout)
+    keys, td, added_n = update_inputs(capacity, 257, capacity)
+    td = td.to(dtype).requires_grad_()  # read in place: a loss's TD errors need no detach
+    twin = on(st, "torch", "cpu", added_n)
+    twin.update(keys, td.detach())
+    nb = on(st, "numba", "cpu", added_n)
+    fast = nb.ops.update_fast(nb.st, nb.sc, nb.counter)
+    assert fast(keys, td) is True
+    assert_same_state(nb, twin, "fast update")
+    before = nb.st.sums.clone()
+    wide = torch.stack([keys, keys], 1)
+    for k, d in [(keys, td[:, None]), (keys.to(torch.int32), td), (keys.tolist(), td), (wide[:, 0], td),
+                 (keys, td.to(torch.float16)), (keys[:0], td[:0]), (keys.numpy(), td)]:
+        assert fast(k, d) is False
+    assert_equal(nb.st.sums, before, "declined calls change nothing")
+
+
 @pytest.mark.parametrize("backend,device", COMPILED)
 def test_update_never_revives_an_invalid_row(backend, device):
     st = random_state(100, 4, seed=4, zero_frac=0.5)
