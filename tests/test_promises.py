@@ -338,6 +338,21 @@ def test_nstep_window_memory_is_linear_in_n():
     assert held < 4 * 2 ** 20, held  # ~2.5 MB; quadratic would be 34 GB
 
 
+def test_the_readme_memory_line_bytes_per_row_of_the_example_spec():
+    """README "Memory": the example's spec (obs float32[4], int64 action, 3-step PER) costs 58
+    bytes a row: 49 of stored fields (obs, action, reward, next_obs, discount, terminated) and
+    9 of sum tree; ``nbytes`` counts the n-step windows and the key counter too."""
+    spec = {"obs": ((4,), torch.float32), "action": ((), torch.int64)}
+    rb = PrioritizedReplayBuffer(100_000, spec, alpha=0.6, n_step=3, gamma=0.99, num_envs=8)
+    C = rb.capacity
+    assert set(rb.storage.data) == {"obs", "action", "reward", "next_obs", "discount", "terminated"}
+    assert round(rb.storage.nbytes / C) == 49
+    tree = rb.tree.state.sums.nbytes + rb.tree.state.mins.nbytes
+    assert round(tree / C) == 9
+    assert rb.storage.nbytes + tree + rb.nstep.nbytes <= rb.nbytes <= rb.storage.nbytes + tree + rb.nstep.nbytes + 64
+    assert round(rb.nbytes / C) == 58
+
+
 def test_the_first_masked_add_allocates_in_proportion_to_the_capacity_not_the_rows_ever_added():
     rb = ReplayBuffer(64, SPEC)
     rb.add(rows(64))
