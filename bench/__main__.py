@@ -270,6 +270,12 @@ def main(argv=None):
               + (f"eager {r['eager_us']:.0f} µs, CUDA graph {r['graph_us']:.0f} µs" if "eager_us" in r
                  else f"skipped: {r['skipped']}"))
     print(f"\nwrote {path}" + (f" and {png}" if png else "") + f" ({out['seconds'] / 60:.1f} min)")
+    own = [r for r in out["results"] if r["impl"].startswith("gpu_replay") and "results" not in r]
+    if own:  # a peer may be missing; this project's own rows may not (e.g. a stale editable install)
+        for r in own:
+            print(f"ERROR: {r['impl']} {r['spec']} {r['capacity']:,} not measured: "
+                  f"{r.get('skipped') or r.get('error')}", file=sys.stderr)
+        raise SystemExit(1)
     return out
 
 

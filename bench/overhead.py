@@ -1,7 +1,7 @@
 """Per-call overhead on the CPU: the small calls an agent makes every step, against the peers.
 
-    python -m bench.overhead                 # every case, one run (~3 minutes), JSON + table
-    python -m bench.overhead --repeats 500   # fewer timings per case
+    python -m bench.overhead                 # every case, 3 rounds (~5 minutes), JSON + table
+    python -m bench.overhead --repeats 500   # fewer timings per case and round
 
 Cases (median µs per call, one thread, the garbage collector paused while timing; inputs are
 numpy arrays, as a gymnasium env gives them):
@@ -150,7 +150,7 @@ def per_tianshou(capacity, B, repeats):
 
 
 # ----------------------------------------------------------------------------- SB3 add
-def sb3_add(repeats):
+def sb3_add(repeats, flip=False):
     import torch
     from gymnasium import spaces
     from stable_baselines3.common.buffers import ReplayBuffer
@@ -163,7 +163,8 @@ def sb3_add(repeats):
         o = rng.standard_normal((n_envs, OBS)).astype(np.float32)
         a, r, d = rng.integers(0, 2, n_envs), np.ones(n_envs, np.float32), np.zeros(n_envs, bool)
         infos = [{} for _ in range(n_envs)]
-        for name, cls in (("stable-baselines3 ReplayBuffer", ReplayBuffer), ("gpu_replay SB3ReplayBuffer", SB3ReplayBuffer)):
+        pair = [("stable-baselines3 ReplayBuffer", ReplayBuffer), ("gpu_replay SB3ReplayBuffer", SB3ReplayBuffer)]
+        for name, cls in (pair[::-1] if flip else pair):
             rb = cls(100_000, obs_space, act_space, device="cpu", n_envs=n_envs)
             out.setdefault(name, {})[f"add, n_envs={n_envs}"] = _median_us(lambda: rb.add(o, o, a, r, d, infos), repeats)
     out["_versions"] = {"stable-baselines3": _version("stable-baselines3"), "torch": torch.__version__}
@@ -171,7 +172,7 @@ def sb3_add(repeats):
 
 
 # ----------------------------------------------------------------------------- n-step step
-def step_cases(repeats):
+def step_cases(repeats, flip=False):
     import torch
 
     from bench.dqn import DequeNStep
@@ -192,34 +193,37 @@ def step_cases(repeats):
         def ours():
             s = steps[next(it) % 64]
             rb.step(*s, info=info)
-        out.setdefault("gpu_replay rb.step (n-step + PER add)", {})[f"step, {E} envs"] = _median_us(ours, repeats)
+        timed = [("gpu_replay rb.step (n-step + PER add)", ours)]
         try:
             import cpprb
         except ImportError:
-            continue
-        env = {"obs": {"shape": OBS, "dtype": np.float32}, "action": {"dtype": np.int64}, "reward": {},
-               "next_obs": {"shape": OBS, "dtype": np.float32}, "discount": {}, "terminated": {"dtype": np.bool_}}
-        crb = cpprb.PrioritizedReplayBuffer(100_000, env, alpha=0.6)
-        dq = DequeNStep(E, 3, 0.99)
-        fields = ("obs", "action", "reward", "next_obs", "discount", "terminated")
+            cpprb = None
+        if cpprb is not None:
+            env = {"obs": {"shape": OBS, "dtype": np.float32}, "action": {"dtype": np.int64}, "reward": {},
+                   "next_obs": {"shape": OBS, "dtype": np.float32}, "discount": {}, "terminated": {"dtype": np.bool_}}
+            crb = cpprb.PrioritizedReplayBuffer(100_000, env, alpha=0.6)
+            dq = DequeNStep(E, 3, 0.99)
+            fields = ("obs", "action", "reward", "next_obs", "discount", "terminated")
 
-        def deque_cpprb():
-            out_rows = dq.step(*steps[next(it) % 64])
-            if out_rows:
-                crb.add(**{k: np.asarray(v) for k, v in zip(fields, zip(*out_rows))})
-        out.setdefault("Python deque n-step + cpprb add", {})[f"step, {E} envs"] = _median_us(deque_cpprb, repeats)
-        if E == 1:  # cpprb's own n-step: one stream
-            nenv = {"obs": env["obs"], "action": env["action"], "reward": {}, "next_obs": env["next_obs"],
-                    "done": {"dtype": np.bool_}}
-            nrb = cpprb.PrioritizedReplayBuffer(100_000, nenv, alpha=0.6,
-                                                Nstep={"size": 3, "gamma": 0.99, "rew": "reward", "next": "next_obs"})
+            def deque_cpprb():
+                out_rows = dq.step(*steps[next(it) % 64])
+                if out_rows:
+                    crb.add(**{k: np.asarray(v) for k, v in zip(fields, zip(*out_rows))})
+            timed.append(("Python deque n-step + cpprb add", deque_cpprb))
+            if E == 1:  # cpprb's own n-step: one stream
+                nenv = {"obs": env["obs"], "action": env["action"], "reward": {}, "next_obs": env["next_obs"],
+                        "done": {"dtype": np.bool_}}
+                nrb = cpprb.PrioritizedReplayBuffer(100_000, nenv, alpha=0.6,
+                                                    Nstep={"size": 3, "gamma": 0.99, "rew": "reward", "next": "next_obs"})
 
-            def cpprb_nstep():
-                o, a, r, no, te, tr = steps[next(it) % 64]
-                nrb.add(obs=o, action=a, reward=r, next_obs=no, done=te)
-                if te[0] or tr[0]:
-                    nrb.on_episode_end()
-            out.setdefault("cpprb Nstep (one stream)", {})[f"step, {E} envs"] = _median_us(cpprb_nstep, repeats)
+                def cpprb_nstep():
+                    o, a, r, no, te, tr = steps[next(it) % 64]
+                    nrb.add(obs=o, action=a, reward=r, next_obs=no, done=te)
+                    if te[0] or tr[0]:
+                        nrb.on_episode_end()
+                timed.append(("cpprb Nstep (one stream)", cpprb_nstep))
+        for name, fn in (timed[::-1] if flip else timed):
+            out.setdefault(name, {})[f"step, {E} envs"] = _median_us(fn, repeats)
     return out
 
 
@@ -231,29 +235,54 @@ def _version(name: str) -> str:
         return "?"
 
 
+def _rounds(calls, rounds: int) -> dict:
+    """Run every (name, fn) of ``calls`` ``rounds`` times, in turn, the order reversed every
+    other round (drift on a shared machine hits them alike); each cell: the median of the
+    rounds' medians, with the rounds kept under "_rounds"."""
+    per = {}
+    for r in range(rounds):
+        for name, fn in (calls if r % 2 == 0 else calls[::-1]):
+            try:
+                label, out = fn(r % 2 == 1)
+            except ImportError as e:
+                per.setdefault(name, {"skipped": str(e)})
+                continue
+            for impl, cells in out.items():
+                if impl.startswith("_"):
+                    continue
+                for k, v in cells.items():
+                    per.setdefault(impl, {}).setdefault(k, []).append(v)
+    table = {}
+    for impl, cells in per.items():
+        if "skipped" in cells:
+            table[impl] = cells
+            continue
+        table[impl] = {k: statistics.median(v) for k, v in cells.items()}
+        table[impl]["_rounds"] = {k: [round(x, 2) for x in v] for k, v in cells.items()}
+    return table
+
+
 def run(args) -> dict:
     import torch
     torch.set_num_threads(1)
     res = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "python": platform.python_version(), "torch": torch.__version__, "repeats": args.repeats,
-           "notes": "median µs per call; numpy inputs; one thread; GC paused while timing", "cases": {}}
+           "rounds": args.rounds,
+           "notes": (f"median µs per call; numpy inputs; one thread; GC paused while timing; "
+                     f"{args.rounds} rounds taking turns, the median of the rounds' medians"), "cases": {}}
     for capacity, B in args.cases:
-        table = {}
-        for fn in (per_gpu_replay, per_cpprb, per_tianshou):
-            try:
+        def per(fn):
+            def call(_flip):
                 name, out = fn(capacity, B, args.repeats)
-            except ImportError as e:
-                table[fn.__name__] = {"skipped": str(e)}
-                continue
-            table[name] = out
-            print(f"capacity {capacity:,}: {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in out.items()), flush=True)
-        res["cases"][f"PER calls, capacity {capacity:,}"] = table
-    try:
-        res["cases"]["SB3 ReplayBuffer.add"] = sb3_add(args.repeats)
-        print(res["cases"]["SB3 ReplayBuffer.add"], flush=True)
-    except ImportError as e:
-        res["cases"]["SB3 ReplayBuffer.add"] = {"skipped": str(e)}
-    res["cases"]["n-step step"] = step_cases(args.repeats)
+                print(f"capacity {capacity:,}: {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in out.items()),
+                      flush=True)
+                return name, {name: out}
+            return (fn.__name__, call)
+        res["cases"][f"PER calls, capacity {capacity:,}"] = _rounds(
+            [per(fn) for fn in (per_gpu_replay, per_cpprb, per_tianshou)], args.rounds)
+    res["cases"]["SB3 ReplayBuffer.add"] = _rounds([("sb3", lambda flip: ("sb3", sb3_add(args.repeats, flip)))], args.rounds)
+    print(res["cases"]["SB3 ReplayBuffer.add"], flush=True)
+    res["cases"]["n-step step"] = _rounds([("step", lambda flip: ("step", step_cases(args.repeats, flip)))], args.rounds)
     print(res["cases"]["n-step step"], flush=True)
     return res
 
@@ -264,7 +293,7 @@ def to_markdown(res: dict) -> str:
         impls = {k: v for k, v in table.items() if not k.startswith("_") and "skipped" not in v}
         if not impls:
             continue
-        cols = list(dict.fromkeys(c for v in impls.values() for c in v))
+        cols = list(dict.fromkeys(c for v in impls.values() for c in v if not c.startswith("_")))
         lines += [f"**{case}**", "", "| implementation | " + " | ".join(cols) + " |",
                   "|---|" + "---:|" * len(cols)]
         for name, v in impls.items():
@@ -275,7 +304,8 @@ def to_markdown(res: dict) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds taking turns (median of their medians)")
     ap.add_argument("--cases", default="1e4:32,1e6:256", type=lambda v: [
         (int(float(c.split(":")[0])), int(c.split(":")[1])) for c in v.split(",")],
         help="capacity:batch pairs for the PER calls (default 1e4:32,1e6:256)")

@@ -489,7 +489,9 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         - a key repeated in one call: the last write wins; negative d are ordinary (|d|);
         - the running max, which new rows enter with, only grows.
         """
-        self.sampler.update(keys, td_errors)  # checked there (metadata only, on the CPU's fast path)
+        fast = self.sampler.fast_update  # the CPU's one compiled call (metadata checks only)
+        if fast is None or not fast(keys, td_errors):
+            self.sampler.update_checked(keys, td_errors)
 
     def _config(self) -> dict:
         return {**super()._config(), "fanout": self.tree.fanout, "alpha": self.alpha, "eps": self.eps}

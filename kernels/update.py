@@ -19,6 +19,7 @@ Negative TD errors are ordinary (|d| is used).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ._jit import launched, numba, tl, triton
@@ -182,8 +183,11 @@ def update_fast_numba(st, sc, counter):
     on the CPU gives); False, having done nothing, for anything else (then the checked path
     runs). ``td`` is read in place, so it may require grad."""
     i64, f32, f64, strided = torch.int64, torch.float32, torch.float64, torch.strided
-    state = (sc.sums, sc.mins, sc.offs, counter.np)
-    rest = (sc.maxes, sc.counters, sc.hyper_np, *sc.layout)
+    arrays = (sc.sums, sc.mins, sc.offs, counter.np, sc.maxes, sc.counters, sc.hyper_np)  # kept alive here
+    for a in arrays:
+        if not a.flags.c_contiguous or a.dtype not in (np.float64, np.int64):
+            raise TypeError(f"update_fast_numba: expected C-contiguous float64/int64 arrays, got {a.dtype}")
+    ctx = np.array([v for a in arrays for v in (a.ctypes.data, a.shape[0])] + list(sc.layout), np.int64)
 
     def fast(keys, td) -> bool:
         if type(keys) is not torch.Tensor or type(td) is not torch.Tensor or keys.dtype is not i64:
@@ -194,14 +198,12 @@ def update_fast_numba(st, sc, counter):
         if not (keys.is_cpu and td.is_cpu and keys.dim() == 1 and td.shape == keys.shape and keys.shape[0]
                 and keys.is_contiguous() and td.is_contiguous()):
             return False
-        update_ptr_nb(*state, keys.data_ptr(), td.data_ptr(), keys.shape[0], t64, *rest)
+        update_ctx_nb(ctx, keys.data_ptr(), td.data_ptr(), keys.shape[0], t64)
         return True
     return fast
 
 
 if numba is not None:
-    import numpy as np
-
     from ._jit import priority_nb, ptr_f32, ptr_f64, ptr_i64
     from .refresh import refresh_slots_nb
 
@@ -256,6 +258,21 @@ if numba is not None:
         else:
             update_nb(sums, mins, offs, cnt, keys, numba.carray(ptr_f32(td_addr), B), maxes, counters, hyper,
                       C, K, D, log2k)
+
+    @numba.njit(cache=True, nogil=True)
+    def update_ctx_nb(ctx, keys_addr, td_addr, B, td64):
+        """``update_ptr_nb`` with the tree's arrays and layout read from one int64 table: the
+        (address, length) of sums, mins, offs, the key counter, maxes, counters, hyper, then
+        C, K, D, log2k (one argument to unbox instead of eleven: ~1 µs less per call)."""
+        sums = numba.carray(ptr_f64(ctx[0]), ctx[1])
+        mins = numba.carray(ptr_f64(ctx[2]), ctx[3])
+        offs = numba.carray(ptr_i64(ctx[4]), ctx[5])
+        cnt = numba.carray(ptr_i64(ctx[6]), ctx[7])
+        maxes = numba.carray(ptr_f64(ctx[8]), ctx[9])
+        counters = numba.carray(ptr_i64(ctx[10]), ctx[11])
+        hyper = numba.carray(ptr_f64(ctx[12]), ctx[13])
+        update_ptr_nb(sums, mins, offs, cnt, keys_addr, td_addr, B, td64, maxes, counters, hyper,
+                      ctx[14], ctx[15], ctx[16], ctx[17])
 
 
 def update_numba(st, sc, counter, keys: torch.Tensor, td: torch.Tensor) -> None:
