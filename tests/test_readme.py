@@ -34,7 +34,7 @@ def test_every_python_block_runs(monkeypatch):
 
 def test_bash_blocks_name_what_exists():
     for code in blocks("bash"):
-        for line in code.splitlines():
+        for line in code.replace("\\\n", " ").splitlines():  # continuation lines joined
             words = shlex.split(line, comments=True)
             for w in words:
                 if re.fullmatch(r"[\w./-]+\.(py|sh|toml|md|json)", w) and not w.startswith("/"):
