@@ -184,9 +184,9 @@ def update_fast_numba(st, sc, counter):
     runs). ``td`` is read in place, so it may require grad."""
     i64, f32, f64, strided = torch.int64, torch.float32, torch.float64, torch.strided
     arrays = (sc.sums, sc.mins, sc.offs, counter.np, sc.maxes, sc.counters, sc.hyper_np)  # kept alive here
-    for a in arrays:
-        if not a.flags.c_contiguous or a.dtype not in (np.float64, np.int64):
-            raise TypeError(f"update_fast_numba: expected C-contiguous float64/int64 arrays, got {a.dtype}")
+    for a, dt in zip(arrays, (np.float64, np.float64, np.int64, np.int64, np.float64, np.int64, np.float64)):
+        if not a.flags.c_contiguous or a.dtype != dt:  # update_ctx_nb reads them at these types
+            raise TypeError(f"update_fast_numba: expected C-contiguous {np.dtype(dt)} arrays, got {a.dtype}")
     ctx = np.array([v for a in arrays for v in (a.ctypes.data, a.shape[0])] + list(sc.layout), np.int64)
 
     def fast(keys, td) -> bool:
