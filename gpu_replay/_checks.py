@@ -157,6 +157,14 @@ def numpy_casts(dt: torch.dtype) -> frozenset:
     return frozenset(out)
 
 
+def host_numpy(t) -> np.ndarray:
+    """A numpy view of host data (a numpy array as it is; a tensor detached, copied to the
+    host only if it is on a device)."""
+    if isinstance(t, np.ndarray):
+        return t
+    return t.detach().numpy() if t.device.type == "cpu" else t.detach().cpu().numpy()
+
+
 def constant_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A small CPU constant (layout numbers, tables) on ``device`` without a host sync: on CUDA
     through pinned memory with an asynchronous copy (a tree or window made inside a hot call,

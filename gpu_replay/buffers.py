@@ -137,9 +137,8 @@ class ReplayBuffer:
                 self.storage = Storage(capacity, spec, self.device, backend)
             self.sampler = self._make_sampler(capacity, backend)
         self.sampler.lock = self._lock
-        for tree in (getattr(self.sampler, "tree", None), getattr(self.sampler, "mask_tree", None)):
-            if tree is not None:
-                tree.lock = self._lock  # rb.tree.check() from a monitor thread waits for a call in flight
+        for tree in self.sampler.trees():
+            tree.lock = self._lock  # rb.tree.check() from a monitor thread waits for a call in flight
 
     def _make_nstep(self, spec, n_step, gamma, num_envs, autoreset_mode, backend):
         if n_step is None:
@@ -170,10 +169,9 @@ class ReplayBuffer:
         uniform replay's validity tree: ~9 bytes a row at fanout 16) and key counter, and the
         n-step windows."""
         total = self.storage.nbytes + self.sampler.counter.t.numel() * 8
-        for tree in (getattr(self.sampler, "tree", None), getattr(self.sampler, "mask_tree", None)):
-            if tree is not None:
-                st = tree.state
-                total += sum(t.numel() * t.element_size() for t in (st.sums, st.mins, st.maxes, st.counters))
+        for tree in self.sampler.trees():
+            st = tree.state
+            total += sum(t.numel() * t.element_size() for t in (st.sums, st.mins, st.maxes, st.counters))
         if self.nstep is not None:
             total += self.nstep.nbytes
         return total
@@ -489,9 +487,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         - a key repeated in one call: the last write wins; negative d are ordinary (|d|);
         - the running max, which new rows enter with, only grows.
         """
-        fast = self.sampler.fast_update  # the CPU's one compiled call (metadata checks only)
-        if fast is None or not fast(keys, td_errors):
-            self.sampler.update_checked(keys, td_errors)
+        self.sampler.update(keys, td_errors)  # checked there (metadata only, on the CPU's fast path)
 
     def _config(self) -> dict:
         return {**super()._config(), "fanout": self.tree.fanout, "alpha": self.alpha, "eps": self.eps}

@@ -123,7 +123,7 @@ import numpy as np
 import torch
 
 from . import autoreset, staging
-from ._checks import StateReader, as_device, check_field, check_int, normalize_spec
+from ._checks import StateReader, as_device, check_field, check_int, host_numpy, normalize_spec
 from .nstep import NStep
 from .storage import _NP_INT, _NP_OF, Storage, wide_rows
 
@@ -182,11 +182,6 @@ def make_parts(capacity: int, spec, frame_stack, n_step, gamma, num_envs, autore
     storage = FrameStorage(capacity, nstep.buffer_spec(), S, frame_shape, dt, num_envs, nstep.n, mode,
                            device, backend)
     return nstep, storage
-
-
-def _tree_of(sampler):
-    tree = getattr(sampler, "tree", None)  # (not `or`: an empty SumTree is falsy, it has __len__)
-    return tree if tree is not None else sampler.mask_tree
 
 
 def zero_keys(tree, keys) -> None:
@@ -444,7 +439,7 @@ class FrameStorage:
         if isinstance(orig, np.ndarray) and orig.dtype != object:
             return True, orig
         if isinstance(orig, np.ndarray) or self.host or self._is_host(checked):
-            return True, _np(checked)
+            return True, host_numpy(checked)
         return False, checked
 
     def _check_stack(self, value, name: str, shape: tuple) -> torch.Tensor:
@@ -581,9 +576,9 @@ class FrameStorage:
         q = a[:, None] - F + S - 1 + j
         ok = (j < (b - a)[:, None]) & (q >= 0)
         keys = self._kop_np[np.where(ok, self._base_np[:, None] + q % F, self.num_envs * F)].reshape(-1)
-        c = _tree_of(sampler).counter.np
+        c = sampler.trees()[0].counter.np
         if keys.max() >= max(int(c[0]) - self.capacity, int(c[1])):  # some may be live
-            zero_keys(_tree_of(sampler), keys)
+            zero_keys(sampler.trees()[0], keys)
 
     # ------------------------------------------------------------------ device path
     def _plan_device(self, o, x, dense, te, tr, fresh, sampler, told):
@@ -694,7 +689,7 @@ class FrameStorage:
         q = a[:, None] - F + S - 1 + j
         ok = (j < (self.pos - a)[:, None]) & (q >= 0)
         idx = torch.where(ok, self._base[:, None] + torch.remainder(q, F), self.num_envs * F)  # (last: -1)
-        zero_keys(_tree_of(sampler), self.key_of_pos.index_select(0, idx.view(-1)))
+        zero_keys(sampler.trees()[0], self.key_of_pos.index_select(0, idx.view(-1)))
 
     # ------------------------------------------------------------------ rows
     def rows_valid(self, rows: dict, valid):
@@ -790,10 +785,3 @@ class FrameStorage:
             self._m_pad = [bool(v) for v in m_pad.tolist()]
             self._m_x = m_x.numpy().copy() if m_has_x else None
         return commit
-
-
-def _np(t) -> np.ndarray:
-    """A numpy view of host data (a tensor that requires grad is detached)."""
-    if isinstance(t, np.ndarray):
-        return t
-    return t.detach().numpy() if t.device.type == "cpu" else t.detach().cpu().numpy()

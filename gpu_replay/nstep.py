@@ -65,7 +65,7 @@ import torch
 from . import autoreset, staging
 from ._backend import resolve_backend
 from ._checks import (StateReader, as_device, as_tensor, check_field, check_float, check_int, constant_to,
-                      normalize_spec, numpy_casts)
+                      host_numpy, normalize_spec, numpy_casts)
 
 __all__ = ["NStep"]
 
@@ -379,8 +379,8 @@ class NStep:
         host = all(isinstance(x, np.ndarray) or x.device.type == "cpu" for x in (nxt, dense, mask))
         obs_dt = self._fields["obs"][1]
         if host and obs_dt != torch.bfloat16:
-            m = _host(mask).astype(bool).reshape(-1, *([1] * (nxt.dim() - 1)))
-            return np.where(m, _host(dense), _host(nxt))
+            m = host_numpy(mask).astype(bool).reshape(-1, *([1] * (nxt.dim() - 1)))
+            return np.where(m, host_numpy(dense), host_numpy(nxt))
         nb = self.device.type == "cuda"
         mask = mask.to(self.device, non_blocking=nb).view(-1, *([1] * (nxt.dim() - 1)))
         return torch.where(mask, dense.detach().to(self.device, obs_dt, non_blocking=nb),
@@ -395,12 +395,7 @@ class NStep:
 
     # ------------------------------------------------------------------ flush / reset
     def _flush(self, host_rows: bool = False):
-        """``flush`` (on the CPU path: numpy rows).
-        Emit the transitions still pending in the windows (``num_envs * min(calls, n - 1)``
-        rows, row ``i * num_envs + e`` = env e's i-th oldest pending step, ``(rows, valid)``), or
-        ``None`` if none is pending; then empty the windows. Their k is cut at the episode's end or
-        at the last recorded step; ``terminated`` is set only if the episode really terminated.
-        The next-step autoreset flags are kept (see ``reset``)."""
+        """``flush``; with ``host_rows``, the CPU path (numba) returns numpy rows and mask."""
         P = min(self._t, self.n - 1)
         out = None
         if P > 0 and self._fields is not None:
@@ -420,11 +415,7 @@ class NStep:
         ``None`` if none is pending; then empty the windows. Their k is cut at the episode's end or
         at the last recorded step; ``terminated`` is set only if the episode really terminated.
         The next-step autoreset flags are kept (see ``reset``)."""
-        out = self._flush(host_rows=True)
-        if out is not None and isinstance(out[1], np.ndarray):
-            out = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in out[0].items()}, \
-                torch.from_numpy(out[1])
-        return out
+        return self._flush()  # the rows are new arrays (concatenated), not views of the windows
 
     def reset(self) -> None:
         """Drop everything pending without emitting it, and forget that the last call ended an
@@ -521,13 +512,6 @@ class NStep:
         return (f"NStep(num_envs={self.num_envs}, n={self.n}, gamma={self.gamma}, "
                 f"device={str(self.device)!r}, autoreset_mode={self.autoreset_mode!r}, "
                 f"fields={None if self._fields is None else list(self._fields)})")
-
-
-def _host(t) -> np.ndarray:
-    """A numpy view of a host input (a tensor that requires grad is detached)."""
-    if isinstance(t, np.ndarray):
-        return t
-    return t.detach().numpy() if t.device.type == "cpu" else t.detach().cpu().numpy()
 
 
 def _numpy_or(original, checked):

@@ -69,6 +69,10 @@ class UniformSampler:
     def __len__(self) -> int:
         return self.counter.live()
 
+    def trees(self) -> list:
+        """The sum trees this sampler owns: the validity tree, once there is one."""
+        return [] if self.mask_tree is None else [self.mask_tree]
+
     def wants_keys(self, valid) -> bool:
         """Whether the storage's write should also write the keys (a plain uniform add)."""
         return valid is None and self.mask_tree is None
@@ -157,12 +161,12 @@ class PrioritizedSampler:
         self.tree = SumTree(capacity, fanout, alpha, eps, device, backend)
         self.counter = self.tree.counter
         self.device = device
-        # fast(keys, td) -> bool: the numba tree's one compiled call after metadata checks
-        # (False: nothing done, take ``update_checked``); None on other backends or with strict
-        self.fast_update = None if self.strict else self.tree._update_fast
 
     def __len__(self) -> int:
         return self.counter.live()
+
+    def trees(self) -> list:
+        return [self.tree]
 
     def wants_keys(self, valid) -> bool:
         return False  # the tree's insert makes them
@@ -176,13 +180,10 @@ class PrioritizedSampler:
     def update(self, keys, td) -> None:
         """Checked keys and TD errors (``_checks.check_keys``), or raw ones the tree's fast
         path takes as they are (see ``update_priorities``)."""
-        fast = self.fast_update
-        if fast is None or not fast(keys, td):
-            self.update_checked(keys, td)
-
-    def update_checked(self, keys, td) -> None:
-        keys, td = check_keys(keys, td, self.device)
-        self.tree._update(keys, td, self.strict)
+        tree = self.tree
+        if self.strict or tree._update_fast is None or not tree._update_fast(keys, td):
+            keys, td = check_keys(keys, td, self.device)
+            tree._update(keys, td, self.strict)
 
     def clear(self) -> None:
         self.tree.clear()

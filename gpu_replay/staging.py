@@ -37,9 +37,11 @@ def _host_array(t, dtype: torch.dtype, device: torch.device) -> np.ndarray | Non
     return t.numpy()
 
 
-_NP = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64,
-       torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8, torch.uint8: np.uint8,
-       torch.bool: np.bool_}
+# the numpy dtype of each torch dtype numpy has (storage and frames use it too)
+NP_OF = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64), torch.float16: np.dtype(np.float16),
+         torch.int64: np.dtype(np.int64), torch.int32: np.dtype(np.int32), torch.int16: np.dtype(np.int16),
+         torch.int8: np.dtype(np.int8), torch.uint8: np.dtype(np.uint8), torch.bool: np.dtype(np.bool_),
+         torch.complex64: np.dtype(np.complex64), torch.complex128: np.dtype(np.complex128)}
 
 
 def to_device(inputs: list, dtypes: list[torch.dtype], device: torch.device, stage: bool) -> list[torch.Tensor]:
@@ -48,7 +50,7 @@ def to_device(inputs: list, dtypes: list[torch.dtype], device: torch.device, sta
     out: list = [None] * len(inputs)
     host = []
     for i, (x, dt) in enumerate(zip(inputs, dtypes)):
-        a = _host_array(x, dt, device) if stage and dt in _NP else None
+        a = _host_array(x, dt, device) if stage and dt in NP_OF else None
         if a is None:
             t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
             t = t.detach()
@@ -65,7 +67,7 @@ def to_device(inputs: list, dtypes: list[torch.dtype], device: torch.device, sta
         buf = pinned_empty(max(total, 1), device)
         buf_np = buf.numpy()
         for (i, a, dt), o in zip(host, offs):
-            npdt = _NP[dt]
+            npdt = NP_OF[dt]
             nb = a.size * np.dtype(npdt).itemsize
             buf_np[o:o + nb].view(npdt).reshape(a.shape)[...] = a  # numpy casts as it copies
         dev = torch.empty(buf.shape[0], dtype=torch.uint8, device=device)

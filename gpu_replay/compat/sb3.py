@@ -53,9 +53,6 @@ from ._convert import flags, rows, tensor
 
 __all__ = ["SB3ReplayBuffer", "ReplayBufferSamples"]
 
-_FLOATS_OK = frozenset(np.dtype(d) for d in (np.float32, np.float64, np.float16, np.bool_, np.int64, np.int32, np.int8,
-                                             np.uint8, np.int16))
-
 
 class ReplayBufferSamples(NamedTuple):
     """Same fields, order and defaults as ``stable_baselines3.common.type_aliases.ReplayBufferSamples``."""
@@ -224,8 +221,8 @@ class SB3ReplayBuffer:
                 return False
         if obs.shape != self._obs_full or next_obs.shape != self._obs_full or obs.dtype not in ok["obs"] or \
                 next_obs.dtype not in ok["obs"] or action.size != n * self.action_dim or \
-                action.dtype not in ok["action"] or reward.size != n or reward.dtype not in _FLOATS_OK or \
-                done.size != n or done.dtype not in _FLOATS_OK:
+                action.dtype not in ok["action"] or reward.size != n or reward.dtype not in ok["reward"] or \
+                done.size != n or done.dtype not in ok["done"]:
             return False
         if not self.handle_timeout_termination:
             d = done.reshape(n)
