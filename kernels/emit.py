@@ -104,43 +104,38 @@ def step_numba(ns, w: int, fields: dict, nxt: np.ndarray, rew: np.ndarray, term:
     for name, a in fields.items():
         np_[name][:, w] = a
     np_["next_obs"][:, w] = nxt
-    E, n = ns.num_envs, ns.n
+    n = ns.n
     emit = ns._t + 1 >= n
     start = (w + 1) % n
-    reward = np.empty(E, dtype=np.float32)
-    discount = np.empty(E, dtype=np.float32)
-    terminated = np.empty(E, dtype=np.bool_)
-    last = np.empty(E, dtype=np.int64)
-    valid = np.empty(E, dtype=np.bool_)
+    out = _emit_arrays(ns.num_envs)
     step_nb(np_["done"], np_["reward"], np_["term"], np_["real"], np_["prev_done"], rew, term, trunc, w,
-            ns.autoreset_mode == "next_step", emit, ns._gpow_np, ns._gpow32_np, start, n,
-            reward, discount, terminated, last, valid)
-    if not emit:
-        return None
-    rows = {name: np_[name][:, start] for name in ns._win}
-    rows["reward"] = reward
-    rows["next_obs"] = np_["next_obs"].reshape(E * n, *ns._next_obs.shape[2:])[last]
-    rows["discount"] = discount
-    rows["terminated"] = terminated
-    return rows, valid
+            ns.autoreset_mode == "next_step", emit, ns._gpow_np, ns._gpow32_np, start, n, *out)
+    return _host_rows(ns, start, *out) if emit else None
 
 
 def emit_numba(ns, start: int, L: int):
     """One compiled loop over the envs. Returns numpy (rows, valid): the fields as views of the
     windows, next_obs gathered, the scalars."""
-    E = ns.num_envs
-    reward = np.empty(E, dtype=np.float32)
-    discount = np.empty(E, dtype=np.float32)
-    terminated = np.empty(E, dtype=np.bool_)
-    last = np.empty(E, dtype=np.int64)
-    valid = np.empty(E, dtype=np.bool_)
-    emit_nb(ns._np["done"], ns._np["reward"], ns._np["term"], ns._np["real"], ns._gpow_np, ns._gpow32_np,
-            start, L, ns.n, reward, discount, terminated, last, valid)
+    out = _emit_arrays(ns.num_envs)
+    np_ = ns._np
+    emit_nb(np_["done"], np_["reward"], np_["term"], np_["real"], ns._gpow_np, ns._gpow32_np, start, L, ns.n, *out)
+    return _host_rows(ns, start, *out)
+
+
+def _emit_arrays(E: int) -> tuple:
+    """The compiled emission's outputs: reward, discount, terminated, last, valid (one per env)."""
+    return (np.empty(E, dtype=np.float32), np.empty(E, dtype=np.float32), np.empty(E, dtype=np.bool_),
+            np.empty(E, dtype=np.int64), np.empty(E, dtype=np.bool_))
+
+
+def _host_rows(ns, start: int, reward, discount, terminated, last, valid):
+    """(rows, valid) of the CPU path: the fields as views of the windows' slot ``start``,
+    next_obs gathered at ``last``, the scalars."""
     np_ = ns._np
     rows = {name: np_[name][:, start] if name in np_ else win.select(1, start) for name, win in ns._win.items()}
     rows["reward"] = reward
-    rows["next_obs"] = np_["next_obs"].reshape(E * ns.n, *ns._next_obs.shape[2:])[last] if "next_obs" in np_ \
-        else ns._next_obs.flatten(0, 1).index_select(0, torch.from_numpy(last))
+    rows["next_obs"] = np_["next_obs"].reshape(ns.num_envs * ns.n, *ns._next_obs.shape[2:])[last] \
+        if "next_obs" in np_ else ns._next_obs.flatten(0, 1).index_select(0, torch.from_numpy(last))
     rows["discount"] = discount
     rows["terminated"] = terminated
     return rows, valid
