@@ -117,8 +117,8 @@ if triton is not None:
             w = pow_pos(ratio, -beta, cst_ptr)
             tl.store(w_out + i, tl.where(pos, w, 0.0).to(tl.float32), mask=mask)
 
-
     _sample_kernel = launched(_sample_kernel)
+
     @triton.jit
     def _batch_weights_kernel(prio_ptr, beta: tl.float64, beta_ptr, cst_ptr, w_out, B, BETA_T: tl.constexpr,
                               BLOCK: tl.constexpr):
